@@ -1,0 +1,125 @@
+"""The Snakemake rules and dvc.yaml describe the same stages.
+
+The Snakemake side is read through Snakemake's own API (the rules as Snakemake
+parsed them), the DVC side from the committed dvc.yaml, so a hand edit of
+either file, or a stage-table change without regenerating dvc.yaml, fails here.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from vgsalign.config import load_params
+from vgsalign.dvc import render_dvc_yaml
+
+
+@pytest.fixture(scope="module")
+def snakemake_rules(project_root):
+    from snakemake.api import SnakemakeApi
+    from snakemake.settings.types import ConfigSettings, OutputSettings, ResourceSettings
+
+    previous = os.getcwd()
+    os.chdir(project_root)
+    try:
+        with SnakemakeApi(OutputSettings()) as api:
+            workflow_api = api.workflow(
+                resource_settings=ResourceSettings(cores=1),
+                config_settings=ConfigSettings(configfiles=[Path("params.yaml")]),
+                snakefile=Path("Snakefile"),
+            )
+            # NOTE: _workflow is Snakemake's parsed workflow; the public API offers no
+            # rule listing with inputs and outputs (snakemake 9.27).
+            rules = {rule.name: rule for rule in workflow_api._workflow.rules if rule.name != "all"}
+            return {
+                name: {
+                    "shell": rule.shellcmd,
+                    "inputs": [str(item) for item in rule.input],
+                    "outputs": [str(item) for item in rule.output],
+                    "params": sorted(rule.params.keys()),
+                    "log": [str(item) for item in rule.log],
+                }
+                for name, rule in rules.items()
+            }
+    finally:
+        os.chdir(previous)
+
+
+@pytest.fixture(scope="module")
+def dvc_stages(project_root):
+    return yaml.safe_load((project_root / "dvc.yaml").read_text())["stages"]
+
+
+def _normalise_snakemake_shell(command: str) -> str:
+    """Map a rule's shell command onto the DVC form: params.yaml, ${item}, no --log."""
+    command = re.sub(r"--params \S+", "--params params.yaml", command)
+    command = re.sub(r"\{wildcards\.\w+\}", "${item}", command)
+    return command.replace(" --log {log}", "")
+
+
+def _normalise_pattern(path: str) -> str:
+    """Turn a Snakemake output pattern such as shard-{shard,\\d{4}} into DVC's ${item}."""
+    return re.sub(r"\{\w+(,[^{}]*(\{[^{}]*\})?[^{}]*)?\}", "${item}", path)
+
+
+def _dvc_body(stage: dict) -> dict:
+    return stage["do"] if "foreach" in stage else stage
+
+
+def _dvc_paths(body: dict, key: str) -> list[str]:
+    return [next(iter(item)) if isinstance(item, dict) else item for item in body.get(key, [])]
+
+
+def test_dvc_yaml_is_up_to_date(project_root):
+    expected = render_dvc_yaml(load_params([project_root / "params.yaml"]))
+    assert (project_root / "dvc.yaml").read_text() == expected, "regenerate with: vgsalign dvc-yaml > dvc.yaml"
+
+
+def test_same_stage_names(snakemake_rules, dvc_stages):
+    assert sorted(snakemake_rules) == sorted(dvc_stages)
+
+
+def test_same_commands(snakemake_rules, dvc_stages):
+    for name, rule in snakemake_rules.items():
+        assert _normalise_snakemake_shell(rule["shell"]) == _dvc_body(dvc_stages[name])["cmd"], name
+
+
+def test_same_inputs(snakemake_rules, dvc_stages):
+    for name, rule in snakemake_rules.items():
+        dvc_deps = _dvc_body(dvc_stages[name]).get("deps", [])
+        assert [_normalise_pattern(path) for path in rule["inputs"]] == dvc_deps, name
+
+
+def test_same_outputs(snakemake_rules, dvc_stages):
+    for name, rule in snakemake_rules.items():
+        body = _dvc_body(dvc_stages[name])
+        dvc_outputs = _dvc_paths(body, "outs") + _dvc_paths(body, "metrics") + _dvc_paths(body, "plots")
+        assert sorted(_normalise_pattern(path) for path in rule["outputs"]) == sorted(dvc_outputs), name
+
+
+def test_same_params(snakemake_rules, dvc_stages):
+    for name, rule in snakemake_rules.items():
+        dvc_params = sorted(key.replace(".", "__") for key in _dvc_body(dvc_stages[name])["params"])
+        assert rule["params"] == dvc_params, name
+
+
+def test_same_wildcard_values(dvc_stages, project_root):
+    params = load_params([project_root / "params.yaml"])
+    assert dvc_stages["train_model"]["foreach"] == params["models"]["variants"]
+    assert len(dvc_stages["extract_audio_features"]["foreach"]) == params["features"]["audio_shards"]
+    assert len(dvc_stages["extract_image_features"]["foreach"]) == params["features"]["image_shards"]
+
+
+def test_every_rule_has_a_log(snakemake_rules):
+    for name, rule in snakemake_rules.items():
+        assert rule["log"], f"rule {name} has no log"
+
+
+def test_dvc_config_disables_network_checks(project_root):
+    config = (project_root / ".dvc" / "config").read_text()
+    assert "analytics = false" in config
+    assert "check_update = false" in config

@@ -1,0 +1,36 @@
+# Shared set-up: validate the parameters before any rule runs, derive every path
+# from them, and record the resolved parameters that each command reads.
+
+from pathlib import Path
+
+from snakemake.exceptions import WorkflowError
+
+from vgsalign.config import ParamsError, validate_params
+from vgsalign.layout import RunPaths
+from vgsalign.workflow import STAGES, final_outputs, wildcard_values, write_resolved_params
+
+try:
+    validate_params(config, source="workflow configuration (params.yaml + --configfile/--config)")
+except ParamsError as error:
+    raise WorkflowError(str(error)) from None
+
+PATHS = RunPaths(config)
+# The merged parameters, written only when they change so that the file's
+# timestamp never triggers a rerun. Each command reads its values from here.
+PARAMS_FILE = write_resolved_params(config, PATHS)
+
+
+def stage_output(name):
+    """Outputs of a stage, with folders marked as directory() outputs."""
+    return [directory(path) if not Path(path).suffix else path for path in STAGES[name].outputs(PATHS)]
+
+
+def stage_shell(name):
+    stage = STAGES[name]
+    value = None if stage.wildcard is None else "{wildcards.%s}" % stage.wildcard
+    return stage.cli(PARAMS_FILE, value) + " --log {log}"
+
+
+wildcard_constraints:
+    shard=r"\d{4}",
+    variant=r"[a-z0-9_]+",
