@@ -23,19 +23,19 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/snakemake --profile workflow/profiles/default --cores $(CORES) --configfile config/demo.yaml
+	$(BIN)/snakemake --profile workflow/profiles/default --cores $(CORES) --configfile config/demo/params.yaml
 	@echo "Demo finished. Tables and figures: results/demo/ (start with results/demo/report.md)"
 
 # Real MSCOCO images, masks and captions from ../shared/data/coco-tiny, speech synthesised.
 coco-tiny: $(STAMP)
-	$(BIN)/snakemake --profile workflow/profiles/default --cores $(CORES) --configfile config/coco-tiny.yaml
+	$(BIN)/snakemake --profile workflow/profiles/default --cores $(CORES) --configfile config/coco-tiny/params.yaml
 	@echo "Finished. Tables and figures: results/coco-tiny/"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
-	$(BIN)/snakemake --lint --configfile config/demo.yaml
+	$(BIN)/snakemake --lint --configfile config/demo/params.yaml
 
 clean-results:
 	rm -rf results/demo results/coco-tiny results/test-*

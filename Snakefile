@@ -2,7 +2,7 @@
 # alignments in visually grounded speech models".
 #
 #   snakemake --profile workflow/profiles/default --cores 4                        # the paper's run (params.yaml)
-#   snakemake --profile workflow/profiles/default --configfile config/demo.yaml    # the built-in demo
+#   snakemake --profile workflow/profiles/default --configfile config/demo/params.yaml    # the built-in demo
 #   snakemake --profile workflow/profiles/slurm --configfile my-run.yaml           # on a SLURM cluster
 #
 # params.yaml holds every parameter; a --configfile overrides only the keys it names.

@@ -15,15 +15,15 @@ def test_params_yaml_is_valid(project_root):
     assert params["train"]["margin"] == 0.1
 
 
-@pytest.mark.parametrize("name", ["demo.yaml", "coco-tiny.yaml", "test.yaml"])
+@pytest.mark.parametrize("name", ["demo", "coco-tiny", "test"])
 def test_run_configs_are_valid(project_root, name):
-    params = load_params([project_root / "params.yaml", project_root / "config" / name])
+    params = load_params([project_root / "params.yaml", project_root / "config" / name / "params.yaml"])
     assert params["run"] != "paper"
 
 
 def test_overlay_overrides_only_named_keys(project_root):
     base = load_params([project_root / "params.yaml"])
-    demo = load_params([project_root / "params.yaml", project_root / "config" / "demo.yaml"])
+    demo = load_params([project_root / "params.yaml", project_root / "config" / "demo" / "params.yaml"])
     assert demo["train"]["margin"] == base["train"]["margin"]
     assert demo["models"]["width"] == 0.25
     assert demo["models"]["variants"] == base["models"]["variants"]

@@ -18,8 +18,16 @@ from vgsalign.config import load_params
 from vgsalign.dvc import render_dvc_yaml
 
 
+RUNS = [None, "config/demo", "config/coco-tiny", "config/test"]
+
+
+@pytest.fixture(scope="module", params=[None, "config/demo"], ids=["paper", "demo"])
+def run_folder(request):
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def snakemake_rules(project_root):
+def snakemake_rules(project_root, run_folder):
     from snakemake.api import SnakemakeApi
     from snakemake.settings.types import ConfigSettings, OutputSettings, ResourceSettings
 
@@ -29,7 +37,7 @@ def snakemake_rules(project_root):
         with SnakemakeApi(OutputSettings()) as api:
             workflow_api = api.workflow(
                 resource_settings=ResourceSettings(cores=1),
-                config_settings=ConfigSettings(configfiles=[Path("params.yaml")]),
+                config_settings=ConfigSettings(configfiles=_config_files(run_folder)),
                 snakefile=Path("Snakefile"),
             )
             # NOTE: _workflow is Snakemake's parsed workflow; the public API offers no
@@ -49,14 +57,26 @@ def snakemake_rules(project_root):
         os.chdir(previous)
 
 
+def _config_files(run_folder):
+    files = [Path("params.yaml")]
+    if run_folder is not None:
+        files.append(Path(run_folder) / "params.yaml")
+    return files
+
+
 @pytest.fixture(scope="module")
-def dvc_stages(project_root):
-    return yaml.safe_load((project_root / "dvc.yaml").read_text())["stages"]
+def dvc_stages(project_root, run_folder):
+    return yaml.safe_load((project_root / (run_folder or ".") / "dvc.yaml").read_text())["stages"]
 
 
-def _normalise_snakemake_shell(command: str) -> str:
-    """Map a rule's shell command onto the DVC form: params.yaml, ${item}, no --log."""
-    command = re.sub(r"--params \S+", "--params params.yaml", command)
+@pytest.fixture(scope="module")
+def params_argument(run_folder):
+    return " ".join(str(path) for path in _config_files(run_folder))
+
+
+def _normalise_snakemake_shell(command: str, params_argument: str) -> str:
+    """Map a rule's shell command onto the DVC form: parameter files, ${item}, no --log."""
+    command = re.sub(r"--params \S+", f"--params {params_argument}", command)
     command = re.sub(r"\{wildcards\.\w+\}", "${item}", command)
     return command.replace(" --log {log}", "")
 
@@ -74,18 +94,22 @@ def _dvc_paths(body: dict, key: str) -> list[str]:
     return [next(iter(item)) if isinstance(item, dict) else item for item in body.get(key, [])]
 
 
-def test_dvc_yaml_is_up_to_date(project_root):
-    expected = render_dvc_yaml(load_params([project_root / "params.yaml"]))
-    assert (project_root / "dvc.yaml").read_text() == expected, "regenerate with: vgsalign dvc-yaml > dvc.yaml"
+@pytest.mark.parametrize("folder", RUNS)
+def test_dvc_yaml_is_up_to_date(project_root, folder, monkeypatch):
+    monkeypatch.chdir(project_root)
+    expected = render_dvc_yaml(folder)
+    committed = (project_root / (folder or ".") / "dvc.yaml").read_text()
+    assert committed == expected, f"regenerate with: vgsalign dvc-yaml {folder or ''}"
 
 
 def test_same_stage_names(snakemake_rules, dvc_stages):
     assert sorted(snakemake_rules) == sorted(dvc_stages)
 
 
-def test_same_commands(snakemake_rules, dvc_stages):
+def test_same_commands(snakemake_rules, dvc_stages, params_argument):
     for name, rule in snakemake_rules.items():
-        assert _normalise_snakemake_shell(rule["shell"]) == _dvc_body(dvc_stages[name])["cmd"], name
+        command = _normalise_snakemake_shell(rule["shell"], params_argument)
+        assert command == _dvc_body(dvc_stages[name])["cmd"], name
 
 
 def test_same_inputs(snakemake_rules, dvc_stages):
@@ -101,14 +125,24 @@ def test_same_outputs(snakemake_rules, dvc_stages):
         assert sorted(_normalise_pattern(path) for path in rule["outputs"]) == sorted(dvc_outputs), name
 
 
-def test_same_params(snakemake_rules, dvc_stages):
+def test_same_params(snakemake_rules, dvc_stages, run_folder):
     for name, rule in snakemake_rules.items():
-        dvc_params = sorted(key.replace(".", "__") for key in _dvc_body(dvc_stages[name])["params"])
-        assert rule["params"] == dvc_params, name
+        entries = _dvc_body(dvc_stages[name])["params"]
+        base_keys = [entry for entry in entries if isinstance(entry, str)]
+        overlay_keys = [key for entry in entries if isinstance(entry, dict) for key in next(iter(entry.values()))]
+        # Every key Snakemake watches is tracked by DVC, either whole in params.yaml
+        # or, when the run overlay sets it, in the overlay file.
+        for key in rule["params"]:
+            dotted = key.replace("__", ".")
+            assert dotted in base_keys or dotted in overlay_keys, (name, dotted)
+        # The overlay keys DVC tracks are at or below keys the stage reads.
+        read_keys = [key.replace("__", ".") for key in rule["params"]]
+        for key in overlay_keys:
+            assert any(key == read or key.startswith(read + ".") for read in read_keys), (name, key)
 
 
-def test_same_wildcard_values(dvc_stages, project_root):
-    params = load_params([project_root / "params.yaml"])
+def test_same_wildcard_values(dvc_stages, project_root, run_folder):
+    params = load_params([project_root / path for path in _config_files(run_folder)])
     assert dvc_stages["train_model"]["foreach"] == params["models"]["variants"]
     assert len(dvc_stages["extract_audio_features"]["foreach"]) == params["features"]["audio_shards"]
     assert len(dvc_stages["extract_image_features"]["foreach"]) == params["features"]["image_shards"]

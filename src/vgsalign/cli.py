@@ -2,14 +2,14 @@
 
 Stage subcommands are what the Snakemake rules and DVC stages run::
 
-    vgsalign train --params params.yaml config/demo.yaml --variant cnnatt_v0
+    vgsalign train --params params.yaml config/demo/params.yaml --variant cnnatt_v0
 
 Tools:
 
     vgsalign describe                 parameter counts of every variant beside the paper's
     vgsalign score-tensors ...        score alignment tensors of any model (exchange format)
     vgsalign check-params FILE...     validate parameter files and print the merged result
-    vgsalign dvc-yaml                 print dvc.yaml generated from the stage table
+    vgsalign dvc-yaml [config/RUN]    write dvc.yaml generated from the stage table
 """
 
 from __future__ import annotations
@@ -80,7 +80,13 @@ def _build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check-params", help="validate parameter files and print the merged result")
     check.add_argument("files", nargs="+", help="parameter files merged in order")
 
-    commands.add_parser("dvc-yaml", help="print dvc.yaml generated from the stage table and params.yaml")
+    dvc = commands.add_parser("dvc-yaml", help="write dvc.yaml generated from the stage table and the parameters")
+    dvc.add_argument(
+        "run_folder",
+        nargs="?",
+        help="run configuration folder holding an overlay params.yaml (e.g. config/demo); "
+        "default: the paper's run in the project root",
+    )
     return parser
 
 
@@ -135,9 +141,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "check-params":
             print(yaml.safe_dump(load_params(args.files), sort_keys=False), end="")
         elif args.command == "dvc-yaml":
-            from vgsalign.dvc import render_dvc_yaml
+            from vgsalign.dvc import dvc_yaml_path, render_dvc_yaml
+            from vgsalign.io import write_text_atomic
 
-            print(render_dvc_yaml(load_params(["params.yaml"])), end="")
+            target = dvc_yaml_path(args.run_folder)
+            write_text_atomic(target, render_dvc_yaml(args.run_folder))
+            print(f"wrote {target}")
     except (ParamsError, OutputPathError) as error:
         print(f"vgsalign: error: {error}", file=sys.stderr)
         return 2

@@ -15,6 +15,6 @@ rule export_tensors:
     resources:
         mem_mb=8000,
         runtime=240,
-        gpus=lambda wildcards: 0 if config["train"]["device"] == "cpu" else 1,
+        gpu=lambda wildcards: 0 if config["train"]["device"] == "cpu" else 1,
     shell:
         stage_shell("export_tensors")

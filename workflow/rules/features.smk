@@ -36,6 +36,6 @@ rule extract_image_features:
     resources:
         mem_mb=8000,
         runtime=240,
-        gpus=lambda wildcards: 0 if config["features"]["device"] == "cpu" else 1,
+        gpu=lambda wildcards: 0 if config["features"]["device"] == "cpu" else 1,
     shell:
         stage_shell("extract_image_features")

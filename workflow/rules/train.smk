@@ -17,6 +17,6 @@ rule train_model:
     resources:
         mem_mb=16000,
         runtime=1440,
-        gpus=lambda wildcards: 0 if config["train"]["device"] == "cpu" else 1,
+        gpu=lambda wildcards: 0 if config["train"]["device"] == "cpu" else 1,
     shell:
         stage_shell("train_model")
