@@ -1,7 +1,7 @@
 """Load, merge and validate the run parameters.
 
 One file, ``params.yaml``, holds every parameter of the paper's run. A run
-configuration (``config/demo.yaml``) names only the keys it changes and is
+configuration (``config/demo/params.yaml``) names only the keys it changes and is
 deep-merged on top. The merged result is validated against
 ``workflow/schemas/params.schema.yaml`` before any stage runs.
 """
