@@ -1,0 +1,6 @@
+"""Tables, figures and the Markdown report of a run (stage ``make_report``).
+
+``published`` contains the numbers published by Khorrami and Räsänen
+(Interspeech 2021), ``tables`` builds Tables 1 and 2,
+``figures`` draws Fig. 3 and the other figures, and ``stage.run`` writes them all.
+"""
