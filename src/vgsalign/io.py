@@ -55,10 +55,18 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     temporary_path = Path(temporary)
     try:
         yield temporary_path
+        # mkstemp creates the file readable by its owner only; give it the usual mode.
+        os.chmod(temporary_path, 0o666 & ~_current_umask())
         os.replace(temporary_path, path)
     finally:
         if temporary_path.exists():
             temporary_path.unlink()
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
@@ -115,3 +123,5 @@ def setup_logging(log_file: str | os.PathLike | None = None, level: int = loggin
         handlers=handlers,
         force=True,
     )
+    # gensim logs every Word2Vec epoch and lifecycle event at INFO.
+    logging.getLogger("gensim").setLevel(max(level, logging.WARNING))

@@ -182,8 +182,12 @@ class RunPaths:
     def table(self, number: int, extension: str) -> Path:
         return self.root / f"table{number}.{extension}"
 
+    @property
+    def figures_dir(self) -> Path:
+        return self.root / "figures"
+
     def figure(self, name: str, extension: str = "png") -> Path:
-        return self.root / "figures" / f"{name}.{extension}"
+        return self.figures_dir / f"{name}.{extension}"
 
     @property
     def fig3(self) -> Path:

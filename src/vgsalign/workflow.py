@@ -229,7 +229,7 @@ STAGES: dict[str, Stage] = {
             name="make_report",
             command="report",
             entry="vgsalign.report.stage:run",
-            params=("report", "scoring", "models.variants"),
+            params=("seed", "report", "scoring", "models.variants", "pairs.threshold", "frames.window"),
             inputs=_report_inputs,
             outputs=lambda paths: _str(
                 [
@@ -240,6 +240,8 @@ STAGES: dict[str, Stage] = {
                     paths.table(2, "csv"),
                     paths.table(2, "tex"),
                     paths.fig3,
+                    paths.fig3.with_suffix(".pdf"),
+                    paths.figures_dir,
                     paths.report,
                     paths.metrics,
                 ]
