@@ -9,7 +9,7 @@ from pycocotools import mask as mask_utils
 
 from vgsalign.scoring.engine import Geometry
 from vgsalign.scoring.reference import reference_scores
-from vgsalign.scoring.stage import MaskStore, PairScorer
+from vgsalign.scoring.stream import MaskStore, PairScorer
 from vgsalign.tensors import TensorBatch
 
 SMALL = Geometry(2, 2, 4, image_h=4, image_w=4, window=8)

@@ -18,7 +18,7 @@ from pycocotools import mask as mask_utils
 from vgsalign.config import deep_merge, read_yaml, validate_params
 from vgsalign.io import write_json_atomic, write_parquet_atomic
 from vgsalign.layout import RunPaths
-from vgsalign.report import figures, stage
+from vgsalign.report import figures, overlays, stage
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = ["cnn0_sisa", "cnnatt_v1"]
@@ -344,7 +344,7 @@ def test_stage_report_contents(reported):
 def test_stage_overlay_gs_values(reported):
     """CNN0's T is constant, so an overlay's GS_obj is the mask fraction and GS_word the word's share of 512 frames."""
     params, paths = reported
-    chosen = stage.choose_overlay_pairs(pd.read_parquet(paths.pairs), 1, params["seed"]).iloc[0]
+    chosen = overlays.choose_overlay_pairs(pd.read_parquet(paths.pairs), 1, params["seed"]).iloc[0]
     report = paths.report.read_text()
     line = next(line for line in report.splitlines() if f"overlay_cnn0_sisa_pair{chosen['pair_id']}.png" in line)
     gs_object = _mask((chosen["image_id"], chosen["category_id"])).mean()
@@ -354,11 +354,11 @@ def test_stage_overlay_gs_values(reported):
 
 def test_choose_overlay_pairs_seeded():
     pairs = pd.DataFrame({"pair_id": [5, 3, 9, 1, 7], "word": list("abcde")})
-    first = stage.choose_overlay_pairs(pairs, 3, seed=11)
+    first = overlays.choose_overlay_pairs(pairs, 3, seed=11)
     assert list(first["pair_id"]) == sorted(first["pair_id"])
     assert len(set(first["pair_id"])) == 3
-    assert list(first["pair_id"]) == list(stage.choose_overlay_pairs(pairs, 3, seed=11)["pair_id"])
-    assert len(stage.choose_overlay_pairs(pairs, 10, seed=11)) == 5
+    assert list(first["pair_id"]) == list(overlays.choose_overlay_pairs(pairs, 3, seed=11)["pair_id"])
+    assert len(overlays.choose_overlay_pairs(pairs, 10, seed=11)) == 5
 
 
 def test_stage_missing_variant(results):

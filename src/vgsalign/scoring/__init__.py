@@ -7,5 +7,6 @@ Modules:
 - ``baseline``: the seeded random T.
 - ``bootstrap``: per-category means, totals and their confidence intervals.
 - ``confusion``: words scored against the other objects of their image.
-- ``stage``: the stage entry points and the streaming pass over tensor files.
+- ``stream``: the streaming pass over tensor batches (mask pixel counts, per-pair scores).
+- ``stage``: the stage entry points, reading their inputs and collecting the results.
 """
