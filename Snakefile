@@ -16,6 +16,9 @@ min_version("9.0")
 configfile: "params.yaml"
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/demo_corpus.smk"
 include: "workflow/rules/speech.smk"

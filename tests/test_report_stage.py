@@ -270,15 +270,15 @@ def test_stage_writes_every_file(reported):
 
     expected = [paths.table(n, ext) for n in (1, 2) for ext in ("md", "csv", "tex")]
     expected += [paths.fig3, paths.fig3.with_suffix(".pdf"), paths.report, paths.metrics]
-    expected += [paths.figure("fig3_data", "csv")]
-    names = ["fig3_paper", "fig3_released_code", "similarities"]
-    names += [f"training_{variant}" for variant in VARIANTS]
-    names += [f"confusion_{variant}_{metric}" for variant in VARIANTS for metric in ("as_object", "gs_object")]
+    expected += [paths.fig3_data]
+    names = ["fig3/paper", "fig3/released_code", "similarities"]
+    names += [f"training/{variant}" for variant in VARIANTS]
+    names += [f"confusion/{variant}_{metric}" for variant in VARIANTS for metric in ("as_object", "gs_object")]
     for name in names:
         expected += [paths.figure(name, "png"), paths.figure(name, "pdf")]
     for path in expected:
         assert path.is_file(), f"{path} was not written"
-    overlays = sorted(path.name for path in paths.figure("x").parent.glob("overlay_*.png"))
+    overlays = sorted(path.name for path in paths.figure("overlays/x").parent.glob("*.png"))
     assert len(overlays) == len(VARIANTS) * params["report"]["overlays"]
     assert not list(paths.root.rglob(".*tmp*")), "temporary files left behind"
 
@@ -313,7 +313,7 @@ def test_stage_tables_and_metrics(reported):
 
 def test_stage_fig3_data(reported):
     params, paths = reported
-    data = pd.read_csv(paths.figure("fig3_data", "csv"))
+    data = pd.read_csv(paths.fig3_data)
     assert set(data["source"]) == {"model", "baseline"}
     model = data[data["source"] == "model"].set_index("category_name")
     # Category "car" has pairs 4 (80 frames) and 5 (20 frames): mean duration 0.5 s.
@@ -329,7 +329,7 @@ def test_stage_report_contents(reported):
     assert "**WARNING:** The image encoder was NOT pretrained" in report
     assert "**WARNING:** The word vectors were trained on this corpus" in report
     assert "![Fig. 3](fig3.png)" in report
-    assert "figures/training_cnnatt_v1.png" in report
+    assert "figures/training/cnnatt_v1.png" in report
     assert "| skipped.missing_wav | 2 |" in report
     assert "| dropped.oov_noun | 1 |" in report
     assert "| items with status truncated | 1 |" in report
@@ -346,7 +346,7 @@ def test_stage_overlay_gs_values(reported):
     params, paths = reported
     chosen = overlays.choose_overlay_pairs(pd.read_parquet(paths.pairs), 1, params["seed"]).iloc[0]
     report = paths.report.read_text()
-    line = next(line for line in report.splitlines() if f"overlay_cnn0_sisa_pair{chosen['pair_id']}.png" in line)
+    line = next(line for line in report.splitlines() if f"cnn0_sisa_pair{chosen['pair_id']}.png" in line)
     gs_object = _mask((chosen["image_id"], chosen["category_id"])).mean()
     gs_word = (chosen["frame_end"] - chosen["frame_start"]) / 512
     assert f"GS_obj {gs_object:.2f}, GS_word {gs_word:.2f}" in line
@@ -380,7 +380,7 @@ def test_stage_missing_variant(results):
     assert f"missing: `{paths.train_metrics('cnn0_sisa')}`" in report
     assert f"unreadable: `{paths.baseline_summary}`" in report
     assert "Training curves: no history for cnn0_sisa." in report
-    assert not paths.figure("training_cnn0_sisa").exists()
+    assert not paths.figure("training/cnn0_sisa").exists()
     assert "cnn0_sisa" not in json.loads(paths.metrics.read_text())["recall"]
 
 
@@ -390,10 +390,10 @@ def test_stage_fig3_placeholder(results):
     stage.run({**params, "report": {"fig3_variant": "cnnatt_v1", "overlays": 0}}, paths)
     assert paths.fig3.is_file()
     assert paths.fig3.with_suffix(".pdf").is_file()
-    assert pd.read_csv(paths.figure("fig3_data", "csv")).empty
+    assert pd.read_csv(paths.fig3_data).empty
     report = paths.report.read_text()
     assert "Fig. 3 (released_code): No softmax scores of cnnatt_v1 for the released_code convention." in report
-    assert not list(paths.figure("x").parent.glob("overlay_*"))
+    assert not list(paths.figure("overlays/x").parent.glob("*"))
 
 
 def test_stage_bad_inputs(results):
@@ -408,8 +408,8 @@ def test_stage_bad_inputs(results):
     assert f"unreadable: `{paths.confusion('cnn0_sisa')}`" in report
     assert "'compared', 'metric'" in report
     assert f"unreadable: `{paths.history('cnnatt_v1')}`" in report
-    assert paths.figure("overlay_cnn0_sisa_pair4").is_file()
-    assert not list(paths.figure("x").parent.glob("overlay_cnnatt_v1_*"))
+    assert paths.figure("overlays/cnn0_sisa_pair4").is_file()
+    assert not list(paths.figure("overlays/x").parent.glob("cnnatt_v1_*"))
     assert not list(paths.figure("x").parent.glob("confusion_cnn0_sisa_*"))
 
 

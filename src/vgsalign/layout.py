@@ -194,6 +194,15 @@ class RunPaths:
         return self.root / "fig3.png"
 
     @property
+    def fig3_data(self) -> Path:
+        """Per-category points behind Fig. 3, for ``dvc plots``."""
+        return self.root / "fig3.csv"
+
+    def figure_group(self, group: str) -> Path:
+        """Folder of one kind of figure: ``fig3``, ``overlays``, ``training``, ``confusion``."""
+        return self.figures_dir / group
+
+    @property
     def report(self) -> Path:
         return self.root / "report.md"
 

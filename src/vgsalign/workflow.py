@@ -37,6 +37,9 @@ class Stage:
     # Outputs DVC reports as metrics or plots instead of caching them.
     metrics: Callable[[RunPaths], PathList] = field(default=lambda paths: [])
     plots: Callable[[RunPaths], PathList] = field(default=lambda paths: [])
+    # Outputs shown in `snakemake --report`: path -> (caption file under workflow/report,
+    # category, file patterns inside a folder output or None).
+    reports: Callable[[RunPaths], dict[str, tuple[str, str, list[str] | None]]] = field(default=lambda paths: {})
     enabled: Callable[[RunPaths], bool] = field(default=lambda paths: True)
 
     def cli(self, params_file: str, wildcard_value: str | None = None) -> str:
@@ -241,12 +244,30 @@ STAGES: dict[str, Stage] = {
                     paths.table(2, "tex"),
                     paths.fig3,
                     paths.fig3.with_suffix(".pdf"),
-                    paths.figures_dir,
+                    paths.fig3_data,
+                    paths.figure_group("fig3"),
+                    paths.figure_group("overlays"),
+                    paths.figure_group("training"),
+                    paths.figure_group("confusion"),
+                    paths.figure("similarities", "png"),
+                    paths.figure("similarities", "pdf"),
                     paths.report,
                     paths.metrics,
                 ]
             ),
             metrics=lambda paths: _str([paths.metrics]),
+            plots=lambda paths: _str([paths.fig3_data]),
+            reports=lambda paths: {
+                str(paths.table(1, "csv")): ("table1.rst", "Tables", None),
+                str(paths.table(2, "csv")): ("table2.rst", "Tables", None),
+                str(paths.fig3): ("fig3.rst", "Figures", None),
+                str(paths.figure_group("fig3")): ("fig3.rst", "Figures", ["{convention}.png"]),
+                str(paths.figure_group("overlays")): ("overlays.rst", "Alignment overlays", ["{name}.png"]),
+                str(paths.figure_group("training")): ("training_curves.rst", "Training curves", ["{variant}.png"]),
+                str(paths.figure_group("confusion")): ("confusion.rst", "Confusion matrices", ["{name}.png"]),
+                str(paths.figure("similarities", "png")): ("similarities.rst", "Figures", None),
+                str(paths.report): ("report.rst", "Report", None),
+            },
         ),
     ]
 }

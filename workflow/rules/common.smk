@@ -21,8 +21,18 @@ PARAMS_FILE = write_resolved_params(config, PATHS)
 
 
 def stage_output(name):
-    """Outputs of a stage, with folders marked as directory() outputs."""
-    return [directory(path) if not Path(path).suffix else path for path in STAGES[name].outputs(PATHS)]
+    """Outputs of a stage: folders marked directory(), report items marked report()."""
+    stage = STAGES[name]
+    shown = stage.reports(PATHS)
+    outputs = []
+    for path in stage.outputs(PATHS):
+        item = directory(path) if not Path(path).suffix else path
+        if path in shown:
+            caption, category, patterns = shown[path]
+            options = {"patterns": patterns} if patterns else {}
+            item = report(item, caption=f"../report/{caption}", category=category, **options)
+        outputs.append(item)
+    return outputs
 
 
 def stage_shell(name):

@@ -11,7 +11,7 @@ rule export_tensors:
         **STAGES["export_tensors"].param_values(config),
     log:
         str(PATHS.log("export_tensors", "{variant}")),
-    threads: workflow.cores
+    threads: 8
     resources:
         mem_mb=8000,
         runtime=240,

@@ -32,7 +32,7 @@ rule extract_image_features:
         str(PATHS.log("extract_image_features", "{shard}")),
     benchmark:
         str(PATHS.log("extract_image_features", "{shard}").with_suffix(".benchmark.tsv"))
-    threads: max(1, min(workflow.cores, config["features"]["image"]["num_workers"] + 1))
+    threads: config["features"]["image"]["num_workers"] + 1
     resources:
         mem_mb=8000,
         runtime=240,

@@ -14,7 +14,7 @@ if STAGES["synthesize_speech"].enabled(PATHS):
             **STAGES["synthesize_speech"].param_values(config),
         log:
             str(PATHS.log("synthesize_speech")),
-        threads: workflow.cores
+        threads: 8
         resources:
             mem_mb=2000,
             runtime=600,

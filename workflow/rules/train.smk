@@ -13,7 +13,7 @@ rule train_model:
         str(PATHS.log("train_model", "{variant}")),
     benchmark:
         str(PATHS.log("train_model", "{variant}").with_suffix(".benchmark.tsv"))
-    threads: workflow.cores
+    threads: 8
     resources:
         mem_mb=16000,
         runtime=1440,

@@ -280,7 +280,7 @@ def compose_report(
         "",
         f"{published.model_label(variant, scores_kind(variant))}, {figure_convention(params)} convention. "
         "Points are categories; solid lines are linear fits, faint wide lines the random baseline's fits. "
-        f"Data: [CSV]({_link(paths.figure('fig3_data', 'csv'), report)}).",
+        f"Data: [CSV]({_link(paths.fig3_data, report)}).",
         "",
     ]
     if fig3_fits is not None:

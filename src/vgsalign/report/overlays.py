@@ -217,6 +217,6 @@ def _draw_one_overlay(
         inputs.images.get(image_id), mask, heat, inputs.spectrograms.get(caption_id),
         attention, frame_start, frame_end, title,
     )  # fmt: skip
-    name = f"overlay_{variant}_pair{int(pair['pair_id'])}"
-    png, _ = figures.save_figure(figure, paths.figure(name))
+    name = f"{variant}_pair{int(pair['pair_id'])}"
+    png, _ = figures.save_figure(figure, paths.figure(f"overlays/{name}"))
     state.figures.append(ReportFigure(name, png, title, "overlays"))

@@ -86,8 +86,8 @@ def draw_fig3(params: Mapping[str, Any], paths: RunPaths, state: ReportState) ->
     """Draw Fig. 3 for ``report.fig3_variant`` in every scoring convention; return the main fits.
 
     ``paths.fig3`` shows the figure convention (see ``figure_convention``) and
-    ``figures/fig3_<convention>`` every convention. The category means behind the
-    main figure go to ``figures/fig3_data.csv`` for ``dvc plots``.
+    ``figures/fig3/<convention>`` every convention. The category means behind the
+    main figure go to ``fig3.csv`` for ``dvc plots``.
     """
     variant = params["report"]["fig3_variant"]
     kind = scores_kind(variant)
@@ -101,7 +101,7 @@ def draw_fig3(params: Mapping[str, Any], paths: RunPaths, state: ReportState) ->
         model = _select_scores(scores, convention, kind)
         baseline = _select_scores(baseline_scores, convention, "baseline")
         label = f"{published.model_label(variant, kind)}, {convention} convention"
-        targets = [paths.figure(f"fig3_{convention}")]
+        targets = [paths.figure(f"fig3/{convention}")]
         if convention == main_convention:
             targets.insert(0, paths.fig3)
         if model is None:
@@ -113,7 +113,7 @@ def draw_fig3(params: Mapping[str, Any], paths: RunPaths, state: ReportState) ->
             if convention == main_convention:
                 # Written with its header only, because dvc plots expects the file to exist.
                 empty = pd.DataFrame(columns=["category_name", "pairs", *figures.CATEGORY_COLUMNS, "source"])
-                write_text_atomic(paths.figure("fig3_data", "csv"), empty.to_csv(index=False))
+                write_text_atomic(paths.fig3_data, empty.to_csv(index=False))
             continue
 
         model_means = figures.category_means(model)
@@ -130,7 +130,7 @@ def draw_fig3(params: Mapping[str, Any], paths: RunPaths, state: ReportState) ->
             data = [model_means.assign(source="model")]
             if baseline_means is not None:
                 data.append(baseline_means.assign(source="baseline"))
-            write_text_atomic(paths.figure("fig3_data", "csv"), pd.concat(data).to_csv(index=False))
+            write_text_atomic(paths.fig3_data, pd.concat(data).to_csv(index=False))
     return main_fits
 
 
@@ -151,7 +151,7 @@ def draw_training_curves(params: Mapping[str, Any], paths: RunPaths, state: Repo
         figure = figures.plot_training_curves(
             history, title=f"Training of {published.model_label(variant)}", best_epoch=best_epoch
         )
-        png, _ = figures.save_figure(figure, paths.figure(f"training_{variant}"))
+        png, _ = figures.save_figure(figure, paths.figure(f"training/{variant}"))
         state.figures.append(ReportFigure(f"training_{variant}", png, published.model_label(variant), "training"))
 
 
@@ -176,8 +176,8 @@ def draw_confusions(params: Mapping[str, Any], paths: RunPaths, state: ReportSta
             matrix = figures.confusion_matrix(confusion, metric)
             label = f"{published.model_label(variant, scores_kind(variant))}: mean {metric}"
             figure = figures.plot_confusion(matrix, title=label, value_label=f"mean {metric}")
-            name = f"confusion_{variant}_{metric}"
-            png, _ = figures.save_figure(figure, paths.figure(name))
+            name = f"{variant}_{metric}"
+            png, _ = figures.save_figure(figure, paths.figure(f"confusion/{name}"))
             state.figures.append(ReportFigure(name, png, label, "confusion"))
 
 
