@@ -12,7 +12,8 @@ A shard is two files written by one job:
 Both files are written to temporary names and renamed, the ``.npy`` first and
 the index last, so an index on disk means the shard is complete. A stage
 calls :func:`verify_shard` before it trusts an existing shard and rebuilds the
-shard when the checksum or the parameters do not match.
+shard when the checksum or the parameters do not match. A writer first deletes
+the temporary files that a killed run of the same shard left behind.
 
 Items that could not be computed (a missing or unreadable file) keep their row
 and their index entry. Their ``status`` names the reason and their row in the
@@ -34,7 +35,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from vgsalign.io import atomic_path, read_parquet_metadata, write_parquet_atomic
+from vgsalign.io import atomic_path, ensure_dir, read_parquet_metadata, write_parquet_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -170,6 +171,23 @@ def _invalidate(index_path: Path) -> None:
         index_path.unlink()
 
 
+def remove_stray_temporaries(*final_paths: Path) -> int:
+    """Delete the temporary files that a killed writer of ``final_paths`` left beside them; return the count.
+
+    The names are those of :func:`vgsalign.io.atomic_path` (``.<name>.<random>.tmp<suffix>``).
+    Only one job writes a shard at a time, so a temporary file that exists when
+    the shard's writer starts belongs to an interrupted run.
+    """
+    removed = 0
+    for path in final_paths:
+        for stray in Path(path).parent.glob(f".{Path(path).name}.*.tmp*"):
+            stray.unlink(missing_ok=True)
+            removed += 1
+    if removed:
+        logger.info("removed %d temporary file(s) of %s left by an interrupted run", removed, Path(final_paths[0]).name)
+    return removed
+
+
 def write_shard(
     npy_path: str | os.PathLike,
     index_path: str | os.PathLike,
@@ -190,7 +208,9 @@ def write_shard(
     if array.ndim < 1:
         raise ShardError("a shard array needs at least one axis (the item axis)")
     index = _prepare_index(index, array.shape[0])
+    ensure_dir(index_path.parent)  # OutputPathError, not NotADirectoryError, when a file is in the way
     _invalidate(index_path)
+    remove_stray_temporaries(npy_path, index_path)
     with atomic_path(npy_path) as temporary:
         np.save(temporary, array, allow_pickle=False)
         sha256 = file_sha256(temporary)
@@ -234,7 +254,9 @@ class ShardWriter:
         self._unreleased_bytes = 0
 
     def __enter__(self) -> ShardWriter:
+        ensure_dir(self.index_path.parent)  # OutputPathError, not NotADirectoryError, when a file is in the way
         _invalidate(self.index_path)
+        remove_stray_temporaries(self.npy_path, self.index_path)
         self._temporary = self._stack.enter_context(atomic_path(self.npy_path))
         self._array = np.lib.format.open_memmap(self._temporary, mode="w+", dtype=self.dtype, shape=self.shape)
         return self

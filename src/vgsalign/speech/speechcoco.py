@@ -509,6 +509,9 @@ def read_audio_info(wav_path: Path) -> tuple[int, int]:
         info = soundfile.info(str(wav_path))
     except (RuntimeError, soundfile.LibsndfileError) as error:
         raise SpeechMetadataError("unreadable_wav", f"cannot read the WAV header of {wav_path}: {error}") from error
+    if info.frames == 0:
+        # Counted apart: every word time would otherwise be reported as word_after_audio_end.
+        raise SpeechMetadataError("empty_wav", f"WAV file {wav_path} has no samples")
     return int(info.samplerate), int(info.frames)
 
 
@@ -562,9 +565,9 @@ def load_split(
     ``invalid_value``, ``invalid_timecode``, ``no_words`` (no WORD entry),
     ``word_after_audio_end``, ``unsorted_timecode``, ``unknown_timecode_kind``,
     ``missing_wav`` (listed WAV not found), ``unreadable_wav`` (corrupt WAV
-    header), ``file_name_mismatch`` (JSON ids differ from its file name) and
-    ``duplicate_caption`` (a caption id already read, where the first file in
-    name order is kept).
+    header), ``empty_wav`` (a WAV without samples), ``file_name_mismatch``
+    (JSON ids differ from its file name) and ``duplicate_caption`` (a caption
+    id already read, where the first file in name order is kept).
     """
     source = Path(source)
     selected_ids = None if image_ids is None else {int(image_id) for image_id in image_ids}

@@ -163,8 +163,9 @@ def load_split(
     Errors (SpeechDataError): a missing or malformed JSON or alignment file.
     Counted skips: ``invalid_image_path``, ``invalid_caption`` (not an object or
     without text), ``missing_wav`` (no ``wav`` value or the file is missing),
-    ``unreadable_wav``, ``invalid_uttid``, ``image_id_mismatch``,
-    ``invalid_alignment``, ``word_after_audio_end`` and ``duplicate_caption``.
+    ``unreadable_wav``, ``empty_wav`` (a WAV without samples), ``invalid_uttid``,
+    ``image_id_mismatch``, ``invalid_alignment``, ``word_after_audio_end`` and
+    ``duplicate_caption``.
     A caption without an alignment entry keeps empty ``words``; their number is
     in ``frame.attrs["captions_without_alignment"]``.
     """
