@@ -32,7 +32,7 @@ from vgsalign.features import audio
 from vgsalign.features.audio import FLOOR_DB
 from vgsalign.features.image import IMAGENET_MEAN, IMAGENET_STD, ImageFiles
 from vgsalign.features.shards import FeatureStore, verify_shard, write_shard
-from vgsalign.io import read_parquet_metadata, write_json_atomic, write_parquet_atomic
+from vgsalign.io import atomic_path, read_parquet_metadata, write_json_atomic, write_parquet_atomic
 from vgsalign.layout import RunPaths
 from vgsalign.report import stage as report_stage
 from vgsalign.scoring.bootstrap import summarise_scores
@@ -390,9 +390,6 @@ def test_report_omits_zero_counts(skip_report):
     assert "paper.raw.skipped.empty_mask" not in skip_report["scores of cnnatt_v1"]
 
 
-# TODO: the report does not read the "skipped" counts of models/<variant>/metrics.json and
-# scores/<variant>/retrieval.json yet; remove this mark once collect_skip_counts lists them.
-@pytest.mark.xfail(strict=True, reason="report.md does not list the training and export skip counts yet")
 def test_report_lists_training_skips(skip_report):
     listed = {name: value for counts in skip_report.values() for name, value in counts.items()}
     assert any(name.endswith("audio_too_short") and value == "14" for name, value in listed.items())
@@ -602,3 +599,37 @@ def test_shard_writer_removes_strays(tmp_path):
     assert not any(path.exists() for path in strays)
     assert other_shard.exists()
     assert verify_shard(npy, index, {"case": "strays"}) is None
+
+
+def test_atomic_path_removes_strays_of_killed_write(tmp_path):
+    target = tmp_path / "pairs.parquet"
+    stray = tmp_path / ".pairs.parquet.abc123.tmp.parquet"
+    stray.write_bytes(b"partial")
+    unrelated = tmp_path / ".other.parquet.abc123.tmp.parquet"
+    unrelated.write_bytes(b"another output's temporary")
+
+    with atomic_path(target) as temporary:
+        temporary.write_bytes(b"complete")
+
+    assert target.read_bytes() == b"complete"
+    assert not stray.exists()
+    assert unrelated.exists()
+
+
+def test_stage_input_error_is_one_line(tmp_path):
+    """A stage's own input error reaches the user as one line with exit code 1."""
+    overlay = tmp_path / "run.yaml"
+    overlay.write_text(yaml.safe_dump({"run": "missing-inputs", "pairs": {"vectors": str(tmp_path / "absent.bin")}}))
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "vgsalign"), "pairs", "--params", str(PARAMS_FILE), str(overlay)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    message = [line for line in result.stderr.splitlines() if line.startswith("vgsalign: error: ")]
+    assert len(message) == 1, result.stderr
+    assert "not found" in message[0]
+    assert "VGSALIGN_TRACEBACK=1" in message[0]

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -150,7 +151,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ParamsError, OutputPathError) as error:
         print(f"vgsalign: error: {error}", file=sys.stderr)
         return 2
+    except Exception as error:
+        # The stages raise their own exception classes for bad input, with a message
+        # that names the file or value and the fix; print that message alone.
+        # Anything else is a bug and keeps its traceback.
+        if not _is_input_error(error) or os.environ.get("VGSALIGN_TRACEBACK"):
+            raise
+        logger.debug("traceback of the error below", exc_info=True)
+        message = str(error)
+        if isinstance(error, FileNotFoundError) and "not found" not in message:
+            missing = error.filename or message
+            message = f"input file not found: {missing}. Run the stage that writes it first, or check the parameters"
+        print(f"vgsalign: error: {message} (set VGSALIGN_TRACEBACK=1 for the traceback)", file=sys.stderr)
+        return 1
     return 0
+
+
+def _is_input_error(error: BaseException) -> bool:
+    """True for the exception classes that vgsalign raises about its inputs, and missing files."""
+    return type(error).__module__.startswith("vgsalign") or isinstance(error, FileNotFoundError)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ place, so a killed job never leaves a partial file under the final name.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import logging
 import os
@@ -44,12 +45,17 @@ def ensure_dir(path: str | os.PathLike) -> Path:
 def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it to ``path`` if the block succeeds.
 
-    The temporary name keeps the final suffix (``.tmp-XXXX.npy``) so libraries that
-    append or check extensions behave. On an exception the temporary file is removed.
+    The temporary name (``.<name>.<random>.tmp<suffix>``) keeps the final suffix so
+    libraries that append or check extensions behave. On an exception the temporary
+    file is removed; temporaries left by a killed earlier write are removed first.
     """
     path = Path(path)
     ensure_dir(path.parent)
     suffix = path.suffix if suffix is None else suffix
+    # A job killed while writing leaves its temporary file; the next write of the
+    # same output removes it. Only one job writes a given output at a time.
+    for stray in path.parent.glob(f".{glob.escape(path.name)}.*.tmp{glob.escape(suffix)}"):
+        stray.unlink(missing_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
     os.close(handle)
     temporary_path = Path(temporary)

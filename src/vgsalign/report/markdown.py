@@ -26,24 +26,26 @@ from vgsalign.report.state import ReportState, _read_metadata, figure_convention
 MAX_LISTED_COUNTS = 12
 
 
-def flatten_counts(data: Any, prefix: str = "") -> list[tuple[str, str]]:
+def flatten_counts(data: Any, prefix: str = "", limit: int | None = MAX_LISTED_COUNTS) -> list[tuple[str, str]]:
     """List the non-zero integer entries of nested metadata as (dotted key, value text).
 
-    Booleans are not counts and are left out. A mapping with more than
-    ``MAX_LISTED_COUNTS`` integers directly inside becomes one summary line.
+    Booleans are not counts and are left out. A mapping with more than ``limit``
+    integers directly inside becomes one summary line, except a mapping named
+    ``skipped`` or ``dropped``, whose reasons are always listed one by one.
     """
     if not isinstance(data, Mapping):
         return []
     direct = {
         key: value for key, value in data.items() if isinstance(value, int) and not isinstance(value, bool) and value
     }
-    if len(direct) > MAX_LISTED_COUNTS:
+    is_skip_group = prefix.rsplit(".", 1)[-1] in {"skipped", "dropped", "captions_dropped"}
+    if limit is not None and not is_skip_group and len(direct) > limit:
         lines = [(prefix or "(top level)", f"{len(direct)} entries, total {sum(direct.values()):,}")]
     else:
         lines = [(f"{prefix}.{key}" if prefix else str(key), f"{value:,}") for key, value in direct.items()]
     for key, value in data.items():
         if isinstance(value, Mapping):
-            lines += flatten_counts(value, f"{prefix}.{key}" if prefix else str(key))
+            lines += flatten_counts(value, f"{prefix}.{key}" if prefix else str(key), limit)
     return lines
 
 
@@ -96,6 +98,12 @@ def collect_skip_counts(paths: RunPaths, state: ReportState) -> dict[str, list]:
         counts["pairs"] = flatten_counts(state.pairs_summary)
     counts["audio features"] = _feature_status_counts([paths.audio_index(shard) for shard in paths.audio_shard_names])
     counts["image features"] = _feature_status_counts([paths.image_index(shard) for shard in paths.image_shard_names])
+    for variant, metrics in state.train_metrics.items():
+        if metrics is not None and metrics.get("skipped"):
+            counts[f"training of {variant}"] = flatten_counts(metrics["skipped"], "skipped", limit=None)
+    for variant, retrieval in state.retrieval.items():
+        if retrieval is not None and retrieval.get("skipped"):
+            counts[f"export of {variant}"] = flatten_counts(retrieval["skipped"], "skipped", limit=None)
     for variant, summary in [*state.summaries.items(), ("baseline", state.baseline)]:
         if summary is not None:
             counts[f"scores of {variant}"] = flatten_counts(_score_counts(summary))
