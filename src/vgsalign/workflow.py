@@ -44,7 +44,7 @@ class Stage:
 
     def cli(self, params_file: str, wildcard_value: str | None = None) -> str:
         """Return the shell command with the parameter file and wildcard filled in."""
-        parts = ["vgsalign", self.command, "--params", params_file]
+        parts = ["python", "-m", "vgsalign", self.command, "--params", params_file]
         if self.wildcard is not None:
             parts += [f"--{self.wildcard}", wildcard_value if wildcard_value is not None else f"{{{self.wildcard}}}"]
         return " ".join(parts)

@@ -15,6 +15,11 @@ except ParamsError as error:
     raise WorkflowError(str(error)) from None
 
 PATHS = RunPaths(config)
+# Every rule runs in the environment of environment.yml under --use-conda (the path
+# is relative to the rule files); the package itself is imported from src/.
+CONDA_ENV = "../../environment.yml"
+# Snakemake formats the prefix too, so shell braces are doubled twice here.
+shell.prefix(f"export PYTHONPATH={workflow.basedir}/src${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ")
 # The merged parameters, written only when they change so that the file's
 # timestamp never triggers a rerun. Each command reads its values from here.
 PARAMS_FILE = write_resolved_params(config, PATHS)

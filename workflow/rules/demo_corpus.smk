@@ -8,6 +8,8 @@ if STAGES["make_demo_corpus"].enabled(PATHS):
             stage_output("make_demo_corpus"),
         params:
             **STAGES["make_demo_corpus"].param_values(config),
+        conda:
+            CONDA_ENV
         log:
             str(PATHS.log("make_demo_corpus")),
         threads: 1

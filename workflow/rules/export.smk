@@ -9,6 +9,8 @@ rule export_tensors:
         stage_output("export_tensors"),
     params:
         **STAGES["export_tensors"].param_values(config),
+    conda:
+        CONDA_ENV
     log:
         str(PATHS.log("export_tensors", "{variant}")),
     threads: 8

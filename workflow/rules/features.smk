@@ -9,6 +9,8 @@ rule extract_audio_features:
         stage_output("extract_audio_features"),
     params:
         **STAGES["extract_audio_features"].param_values(config),
+    conda:
+        CONDA_ENV
     log:
         str(PATHS.log("extract_audio_features", "{shard}")),
     benchmark:
@@ -28,6 +30,8 @@ rule extract_image_features:
         stage_output("extract_image_features"),
     params:
         **STAGES["extract_image_features"].param_values(config),
+    conda:
+        CONDA_ENV
     log:
         str(PATHS.log("extract_image_features", "{shard}")),
     benchmark:

@@ -8,6 +8,8 @@ rule build_manifest:
         stage_output("build_manifest"),
     params:
         **STAGES["build_manifest"].param_values(config),
+    conda:
+        CONDA_ENV
     log:
         str(PATHS.log("build_manifest")),
     threads: 1

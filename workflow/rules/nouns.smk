@@ -8,6 +8,8 @@ rule extract_nouns:
         stage_output("extract_nouns"),
     params:
         **STAGES["extract_nouns"].param_values(config),
+    conda:
+        CONDA_ENV
     log:
         str(PATHS.log("extract_nouns")),
     threads: 1

@@ -8,6 +8,8 @@ rule pair_words_objects:
         stage_output("pair_words_objects"),
     params:
         **STAGES["pair_words_objects"].param_values(config),
+    conda:
+        CONDA_ENV
     log:
         str(PATHS.log("pair_words_objects")),
     threads: 1

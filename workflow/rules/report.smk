@@ -8,6 +8,8 @@ rule make_report:
         stage_output("make_report"),
     params:
         **STAGES["make_report"].param_values(config),
+    conda:
+        CONDA_ENV
     log:
         str(PATHS.log("make_report")),
     threads: 1

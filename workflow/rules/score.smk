@@ -9,6 +9,8 @@ rule score_alignments:
         stage_output("score_alignments"),
     params:
         **STAGES["score_alignments"].param_values(config),
+    conda:
+        CONDA_ENV
     log:
         str(PATHS.log("score_alignments", "{variant}")),
     threads: 2
@@ -26,6 +28,8 @@ rule score_baseline:
         stage_output("score_baseline"),
     params:
         **STAGES["score_baseline"].param_values(config),
+    conda:
+        CONDA_ENV
     log:
         str(PATHS.log("score_baseline")),
     threads: 2

@@ -12,6 +12,8 @@ if STAGES["synthesize_speech"].enabled(PATHS):
             stage_output("synthesize_speech"),
         params:
             **STAGES["synthesize_speech"].param_values(config),
+        conda:
+            CONDA_ENV
         log:
             str(PATHS.log("synthesize_speech")),
         threads: 8

@@ -9,6 +9,8 @@ rule train_model:
         stage_output("train_model"),
     params:
         **STAGES["train_model"].param_values(config),
+    conda:
+        CONDA_ENV
     log:
         str(PATHS.log("train_model", "{variant}")),
     benchmark:
