@@ -25,7 +25,7 @@ def test_overlay_overrides_only_named_keys(project_root):
     base = load_params([project_root / "params.yaml"])
     demo = load_params([project_root / "params.yaml", project_root / "config" / "demo" / "params.yaml"])
     assert demo["train"]["margin"] == base["train"]["margin"]
-    assert demo["models"]["width"] == 0.25
+    assert demo["models"]["width"] == 0.125
     assert demo["models"]["variants"] == base["models"]["variants"]
 
 
