@@ -25,7 +25,7 @@ from pycocotools import mask as mask_utils
 RUN_FOLDER = "config/test"
 RUN = "test-tiny"
 VARIANTS = ["cnn0_sisa", "cnn0_misa", "cnn0_sima", "cnnatt_v0", "cnnatt_v1", "cnnatt_v2"]
-COPIED = ["Snakefile", "params.yaml", "workflow", "config", ".dvc/config", ".dvcignore"]
+COPIED = ["Snakefile", "params.yaml", "environment.yml", "workflow", "config", ".dvc/config", ".dvcignore"]
 
 
 def _network_blocker() -> list[str]:
@@ -232,6 +232,24 @@ def test_html_report_has_every_table_and_figure(tiny_run):
     assert not re.findall(r'(?:src|href)="https?://', html)
 
 
+def test_score_tensors_command_matches_pipeline(tiny_run, tmp_path):
+    """`vgsalign score-tensors`, the command for other models' tensors, on an exported file."""
+    root = _root(tiny_run)
+    out = tmp_path / "external"
+    result = subprocess.run(
+        [sys.executable, "-m", "vgsalign", "score-tensors", str(root / "tensors" / "cnnatt_v0.parquet"),
+         "--pairs", str(root / "pairs" / "pairs.parquet"), "--masks", str(root / "pairs" / "masks.parquet"),
+         "--out", str(out), "--bootstrap", "20"],
+        env=_environment(), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    external = json.loads((out / "summary.json").read_text())
+    pipeline = json.loads((root / "scores" / "cnnatt_v0" / "summary.json").read_text())
+    for convention in ("paper", "released_code"):
+        for kind in ("raw", "softmax"):
+            assert external[convention][kind]["total"] == pipeline[convention][kind]["total"]
+
+
 # -- reruns ------------------------------------------------------------------------
 
 
@@ -352,3 +370,4 @@ def test_dvc_remote_push_and_pull_model(dvc_repo, tmp_path):
     shutil.rmtree(dvc_repo / ".dvc" / "cache")
     _run([*dvc, "pull", f"{RUN_FOLDER}/dvc.yaml:train_model@cnnatt_v0"], dvc_repo)
     assert model.read_bytes() == original
+

@@ -64,7 +64,7 @@ def _build_parser() -> argparse.ArgumentParser:
     score = commands.add_parser(
         "score-tensors", help="score alignment tensors in the Parquet exchange format (any model)"
     )
-    score.add_argument("tensors", help="Parquet file of alignment tensors (see README, 'Scoring other models')")
+    score.add_argument("tensors", help="Parquet file of alignment tensors (format: README, 'Scoring other models' alignment tensors')")
     score.add_argument("--pairs", required=True, help="pairs.parquet of the word-object pairs")
     score.add_argument("--masks", required=True, help="masks.parquet of the test-image masks")
     score.add_argument("--out", required=True, help="output folder for pairs.parquet and summary.json")
@@ -152,9 +152,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"vgsalign: error: {error}", file=sys.stderr)
         return 2
     except Exception as error:
-        # The stages raise their own exception classes for bad input, with a message
-        # that names the file or value and the fix; print that message alone.
-        # Anything else is a bug and keeps its traceback.
+        # The stages raise their own exception classes for bad input. Their message
+        # names the file or value and the fix, so it is printed alone. Any other
+        # exception is a bug and keeps its traceback.
         if not _is_input_error(error) or os.environ.get("VGSALIGN_TRACEBACK"):
             raise
         logger.debug("traceback of the error below", exc_info=True)

@@ -529,7 +529,8 @@ def run(params: Mapping[str, Any], paths: RunPaths) -> None:
     }
 
     metadata = {"vectors_source": source, "threshold": summary["threshold"], "tagger": summary["tagger"]}
-    write_parquet_atomic(paths.pairs, pairs, metadata=metadata)
+    # The frame convention lets `vgsalign score-tensors` check external tensors against the pairs.
+    write_parquet_atomic(paths.pairs, pairs, metadata={**metadata, "frames": summary["frames"]})
     write_parquet_atomic(paths.similarities, similarities, metadata=metadata)
     write_parquet_atomic(paths.masks, masks, metadata={"mask_size": coco.MASK_SIZE, **metadata})
     write_json_atomic(paths.pairs_summary, summary)
