@@ -43,6 +43,7 @@ import torch
 from PIL import Image
 
 from vgsalign.config import load_params
+from vgsalign.devices import resolve_device
 from vgsalign.features import audio, image
 from vgsalign.layout import RunPaths
 
@@ -117,7 +118,7 @@ def bench_images(count: int, batch_size: int, workers: int, device: str, bare: b
 
 def _bare_forward_rate(files: list[str], batch_size: int, device: str) -> float:
     """Return images/s of the VGG16 forward pass alone, on inputs decoded beforehand."""
-    resolved = image.resolve_device(device)
+    resolved = resolve_device(device, "--device")
     model = image.build_vgg16_block5("none").to(resolved)
     if resolved.type == "cuda":
         model = model.to(memory_format=torch.channels_last)

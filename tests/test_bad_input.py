@@ -24,10 +24,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import soundfile
+import torch
 import yaml
 from PIL import Image
 
 from vgsalign.config import deep_merge, load_params, read_yaml, validate_params
+from vgsalign.devices import DeviceError, resolve_device
 from vgsalign.features import audio
 from vgsalign.features.audio import FLOOR_DB
 from vgsalign.features.image import IMAGENET_MEAN, IMAGENET_STD, ImageFiles
@@ -633,3 +635,14 @@ def test_stage_input_error_is_one_line(tmp_path):
     assert len(message) == 1, result.stderr
     assert "not found" in message[0]
     assert "VGSALIGN_TRACEBACK=1" in message[0]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")
+def test_cuda_device_without_gpu_is_rejected():
+    with pytest.raises(DeviceError, match="train.device is 'cuda' but no CUDA device is available"):
+        resolve_device("cuda", "train.device")
+
+
+def test_auto_device_on_cpu_machine():
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert resolve_device("auto", "features.device").type == expected

@@ -11,8 +11,10 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -306,6 +308,32 @@ def test_other_seed_changes_results(tiny_run, project_root, tmp_path_factory):
     other = _run_workflow(project_root, workdir, extra_config="seed.yaml")
     assert (_root(other) / "table2.csv").read_bytes() != (_root(tiny_run) / "table2.csv").read_bytes()
 
+
+
+def test_killed_run_completes_on_rerun(tiny_run, project_root, tmp_path_factory):
+    """SIGKILL the whole Snakemake process group during training, rerun, and get the same tables."""
+    workdir = tmp_path_factory.mktemp("killed")
+    _copy_project(project_root, workdir)
+    command = [sys.executable, "-m", "snakemake", "--configfile", f"{RUN_FOLDER}/params.yaml",
+               "--profile", "workflow/profiles/default", "--cores", "2"]  # fmt: skip
+    process = subprocess.Popen(
+        command, cwd=workdir, env=_environment(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )  # fmt: skip
+    training_log = workdir / "logs" / RUN / "train_model-cnn0_misa.log"
+    deadline = time.monotonic() + 900
+    while not (training_log.exists() and "epoch 1/" in training_log.read_text()):
+        assert process.poll() is None, "the run ended before training started"
+        assert time.monotonic() < deadline, "training did not start within 15 minutes"
+        time.sleep(0.5)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+    result = _snakemake(workdir, "--profile", "workflow/profiles/default", "--cores", "2")
+    assert result.returncode == 0, result.stderr[-6000:]
+    for name in ["table1.csv", "table2.csv"]:
+        assert (_root(workdir) / name).read_bytes() == (_root(tiny_run) / name).read_bytes(), name
+    assert not list(_root(workdir).rglob(".*.tmp*")), "temporary files left behind"
 
 # -- DVC -------------------------------------------------------------------------------
 

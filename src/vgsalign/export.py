@@ -35,7 +35,8 @@ from vgsalign.training.data import (
     select_split,
 )
 from vgsalign.training.retrieval import retrieval_from_pairs
-from vgsalign.training.train import deterministic_algorithms, load_checkpoint, resolve_device
+from vgsalign.devices import resolve_device
+from vgsalign.training.train import deterministic_algorithms, load_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +95,7 @@ def export_split(
 
 def run(params: Mapping[str, Any], paths: RunPaths, variant: str) -> None:
     """Export the test-set tensors of ``variant`` and write its test-set retrieval recall."""
-    device = resolve_device(params["train"]["device"])
+    device = resolve_device(params["train"]["device"], "train.device")
     with deterministic_algorithms(device):
         _export(params, paths, variant, device)
 

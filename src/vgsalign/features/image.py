@@ -49,6 +49,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.models import VGG16_Weights, vgg
 from tqdm import tqdm
 
+from vgsalign.devices import resolve_device
 from vgsalign.features.shards import STATUS_OK, ShardWriter, SkipLog, ids_digest, parse_shard, shard_block, verify_shard
 from vgsalign.layout import RunPaths
 
@@ -196,16 +197,6 @@ def build_vgg16_block5(weights: str, seed: int = 0) -> nn.Sequential:
     return layers.eval()
 
 
-def resolve_device(name: str) -> torch.device:
-    """Return the torch device for ``features.device`` (``auto``: CUDA when available)."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ImageFeatureError(f"features.device is {name!r} but no CUDA device is available; set it to auto or cpu")
-    return device
-
-
 def extract_batch(
     model: nn.Module, images: torch.Tensor, device: torch.device, dtype: torch.dtype = torch.float32
 ) -> torch.Tensor:
@@ -270,7 +261,7 @@ def run(params: Mapping[str, Any], paths: RunPaths, shard: str) -> None:
     """Write image shard ``shard``: VGG16 block5_conv3 maps of one block of the image manifest."""
     number = parse_shard(shard)
     image_params = params["features"]["image"]
-    device = resolve_device(params["features"]["device"])
+    device = resolve_device(params["features"]["device"], "features.device")
     npy_path, index_path = paths.image_shard(shard), paths.image_index(shard)
 
     manifest = pd.read_parquet(paths.images, columns=["image_id", "file_path"])

@@ -33,6 +33,7 @@ import torch
 from tqdm import tqdm
 
 from vgsalign.config import lookup, params_digest
+from vgsalign.devices import resolve_device
 from vgsalign.io import atomic_path, ensure_dir, write_json_atomic, write_text_atomic
 from vgsalign.layout import RunPaths
 from vgsalign.models import build_model, count_parameters
@@ -96,16 +97,6 @@ class CheckpointMismatchError(RuntimeError):
 
 
 # -- settings ------------------------------------------------------------------
-
-
-def resolve_device(name: str) -> torch.device:
-    """Return the torch device for ``train.device`` (``auto``: CUDA when available)."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"train.device is {name!r} but CUDA is not available; set train.device to auto or cpu")
-    return device
 
 
 def training_parameters(params: Mapping[str, Any], variant: str, data_fingerprint: str) -> dict[str, Any]:
@@ -388,7 +379,7 @@ class TrainingRun:
         self.variant = variant
         self.settings = params["train"]
         self.seed = int(params["seed"])
-        self.device = resolve_device(self.settings["device"])
+        self.device = resolve_device(self.settings["device"], "train.device")
         self.amp = bool(self.settings["amp"]) and self.device.type == "cuda"
         self.select_by = self.settings["select_by"]
 
@@ -673,6 +664,6 @@ def run(params: Mapping[str, Any], paths: RunPaths, variant: str) -> None:
     Resumes from ``last.pt`` when one exists with the same training parameters and
     data; raises CheckpointMismatchError when they differ.
     """
-    device = resolve_device(params["train"]["device"])
+    device = resolve_device(params["train"]["device"], "train.device")
     with deterministic_algorithms(device):
         TrainingRun(params, paths, variant).train()
