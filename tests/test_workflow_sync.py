@@ -75,7 +75,9 @@ def params_argument(run_folder):
 
 
 def _normalise_snakemake_shell(command: str, params_argument: str) -> str:
-    """Map a rule's shell command onto the DVC form: parameter files, ${item}, no --log."""
+    """Map a rule's shell command onto the DVC form: parameter files, ${item}, no --log,
+    no thread variables (DVC runs one stage at a time with every core)."""
+    command = command.replace("OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads} ", "")
     command = re.sub(r"--params \S+", f"--params {params_argument}", command)
     command = re.sub(r"\{wildcards\.\w+\}", "${item}", command)
     return command.replace(" --log {log}", "")

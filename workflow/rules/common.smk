@@ -41,9 +41,10 @@ def stage_output(name):
 
 
 def stage_shell(name):
+    """The stage's command; torch and NumPy use the job's thread count, not every core."""
     stage = STAGES[name]
     value = None if stage.wildcard is None else "{wildcards.%s}" % stage.wildcard
-    return stage.cli(PARAMS_FILE, value) + " --log {log}"
+    return "OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads} " + stage.cli(PARAMS_FILE, value) + " --log {log}"
 
 
 wildcard_constraints:
