@@ -310,24 +310,65 @@ def test_other_seed_changes_results(tiny_run, project_root, tmp_path_factory):
 
 
 
-def test_killed_run_completes_on_rerun(tiny_run, project_root, tmp_path_factory):
-    """SIGKILL the whole Snakemake process group during training, rerun, and get the same tables."""
-    workdir = tmp_path_factory.mktemp("killed")
-    _copy_project(project_root, workdir)
+def _stage_processes(workdir: Path, stage_command: str) -> list[int]:
+    """Process ids of running ``python -m vgsalign <stage_command>`` jobs whose folder is ``workdir``."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            arguments = (entry / "cmdline").read_bytes().split(b"\0")
+            folder = (entry / "cwd").resolve()
+        except OSError:
+            continue
+        if b"vgsalign" in arguments and stage_command.encode() in arguments and folder == workdir.resolve():
+            pids.append(int(entry.name))
+    return pids
+
+
+def _start_run(workdir: Path) -> subprocess.Popen:
     command = [sys.executable, "-m", "snakemake", "--configfile", f"{RUN_FOLDER}/params.yaml",
                "--profile", "workflow/profiles/default", "--cores", "2"]  # fmt: skip
-    process = subprocess.Popen(
+    return subprocess.Popen(
         command, cwd=workdir, env=_environment(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         start_new_session=True,
     )  # fmt: skip
-    training_log = workdir / "logs" / RUN / "train_model-cnn0_misa.log"
+
+
+def _wait_for_training(workdir: Path, process: subprocess.Popen, variant: str | None = None) -> list[int]:
+    """Wait until a training job runs (``variant``'s, after its first epoch, when given); return its ids."""
+    training_log = workdir / "logs" / RUN / f"train_model-{variant}.log"
     deadline = time.monotonic() + 900
-    while not (training_log.exists() and "epoch 1/" in training_log.read_text()):
+    while True:
         assert process.poll() is None, "the run ended before training started"
         assert time.monotonic() < deadline, "training did not start within 15 minutes"
-        time.sleep(0.5)
+        if variant is None or (training_log.exists() and "epoch 1/" in training_log.read_text()):
+            pids = _stage_processes(workdir, "train")
+            if pids:
+                return pids
+        time.sleep(0.2)
+
+
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="needs /proc to find the stage's process")
+def test_killed_run_completes_on_rerun(tiny_run, project_root, tmp_path_factory):
+    """kill -9 a training job, then the whole Snakemake process group; reruns finish with the same tables."""
+    workdir = tmp_path_factory.mktemp("killed")
+    _copy_project(project_root, workdir)
+
+    # A stage killed under a running Snakemake: Snakemake reports the failed job and stops.
+    process = _start_run(workdir)
+    for pid in _wait_for_training(workdir, process, "cnn0_sisa"):
+        os.kill(pid, signal.SIGKILL)
+    assert process.wait(timeout=600) != 0
+
+    # Snakemake itself killed: its lock stays behind and `--unlock` releases it.
+    process = _start_run(workdir)
+    _wait_for_training(workdir, process)
+    time.sleep(1.0)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
+    unlocked = _snakemake(workdir, "--unlock")
+    assert unlocked.returncode == 0, unlocked.stderr[-3000:]
 
     result = _snakemake(workdir, "--profile", "workflow/profiles/default", "--cores", "2")
     assert result.returncode == 0, result.stderr[-6000:]
