@@ -56,6 +56,23 @@ def load_summaries(params: Mapping[str, Any], paths: RunPaths, state: ReportStat
 # -- tables and metrics ----------------------------------------------------------------------------
 
 
+COUNT_COLUMN_PREFIXES = ("parameters", "t_frames", "pools", "pool_size", "test_pairs", "best_epoch", "epochs_run", "pairs")
+
+
+def _with_integer_counts(table: pd.DataFrame) -> pd.DataFrame:
+    """Return ``table`` with its count columns as nullable integers.
+
+    The CSV then reads 437328 rather than 437328.0; missing values stay empty.
+    """
+    converted = table.copy()
+    for column in converted.columns:
+        values = converted[column]
+        is_count = column.startswith(COUNT_COLUMN_PREFIXES) and values.dtype.kind == "f"
+        if is_count and (values.dropna() % 1 == 0).all():
+            converted[column] = values.astype("Int64")
+    return converted
+
+
 def write_tables(paths: RunPaths, table1: pd.DataFrame, table2: pd.DataFrame) -> dict[int, str]:
     """Write both tables as CSV, Markdown and LaTeX; return the Markdown of each for report.md."""
     markdown = {}
@@ -64,7 +81,7 @@ def write_tables(paths: RunPaths, table1: pd.DataFrame, table2: pd.DataFrame) ->
         2: (table2, tables.display_table2(table2), 2, "Convention"),
     }
     for number, (numeric, display, text_columns, group_by) in displays.items():
-        write_text_atomic(paths.table(number, "csv"), numeric.to_csv(index=False))
+        write_text_atomic(paths.table(number, "csv"), _with_integer_counts(numeric).to_csv(index=False))
         markdown[number] = tables.to_markdown(display, text_columns=text_columns)
         write_text_atomic(paths.table(number, "md"), markdown[number])
         write_text_atomic(paths.table(number, "tex"), tables.to_latex(display, text_columns, group_by=group_by))
