@@ -233,8 +233,10 @@ def test_build_model_rejects_bad_pooling_rule():
 
 def test_describe_table():
     text = describe()
-    lines = {line.split()[0]: line.split() for line in text.splitlines()[2:-1]}
+    rows = text.splitlines()[2 : 2 + len(VARIANTS)]
+    lines = {line.split()[0]: line.split() for line in rows}
     assert set(lines) == set(VARIANTS)
+    assert "CNNATT v1" in text.splitlines()[-1]
     assert lines["cnnatt_v1"][1:] == ["10,612,180", "13,943,508", "-3,331,328", "128"]
     assert lines["cnn0_sisa"][1:] == ["11,082,368", "11,072,128", "+10,240", "64"]
     assert lines["cnn0_mima"][2] == "-"

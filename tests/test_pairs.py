@@ -20,7 +20,7 @@ from scipy import ndimage
 from vgsalign import coco, manifest, nouns, pairs
 from vgsalign.config import load_params
 from vgsalign.io import write_parquet_atomic
-from vgsalign.layout import RunPaths
+from vgsalign.layout import RunPaths, names_vectors_file
 
 PROJECT = Path(__file__).resolve().parents[1]
 COCO_TINY = PROJECT / ".." / "shared" / "data" / "coco-tiny"
@@ -554,3 +554,23 @@ def test_similarity_histogram_counts(tmp_path):
     assert counts["every"].tolist() == [0, 0, 5, 8]
     assert counts["best"].tolist() == [0, 0, 1, 6]
     assert (tmp_path / "similarities.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize(
+    "spec, is_file",
+    [
+        ("word2vec-google-news-300", False),
+        ("glove-wiki-gigaword-100", False),
+        ("vectors.model", True),
+        ("GoogleNews-vectors-negative300.bin", True),
+        ("data/vectors", True),
+    ],
+)
+def test_vectors_file_or_download_name(spec, is_file):
+    assert names_vectors_file(spec) is is_file
+
+
+def test_missing_local_model_file_is_not_downloaded(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(pairs.VectorsError, match="word vectors file not found: vectors.model"):
+        pairs.load_vectors("vectors.model")

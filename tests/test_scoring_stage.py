@@ -322,6 +322,27 @@ def test_score_external(run_setup, tmp_path):
     assert json.loads((out / "summary.json").read_text()) == json.loads(json.dumps(summary))
 
 
+def test_score_external_baseline_on_scored_pairs(run_setup, tmp_path):
+    """The baseline of external tensors covers only the pairs that have a tensor."""
+    params, paths, tensors = run_setup
+    score_external(paths.tensors("cnnatt_v0"), paths.pairs, paths.masks, tmp_path / "out", ["paper"], 0, 0.9, 3)
+    scores = pd.read_parquet(tmp_path / "out" / "pairs.parquet")
+    model_pairs = set(scores.loc[scores["kind"] == "raw", "pair_id"])
+    baseline_pairs = set(scores.loc[scores["kind"] == "baseline", "pair_id"])
+    assert 5 not in model_pairs
+    assert baseline_pairs == model_pairs
+
+
+def test_score_external_no_matching_rows(run_setup, tmp_path):
+    params, paths, tensors = run_setup
+    foreign = tmp_path / "foreign.parquet"
+    with TensorWriter(foreign, "other_model", grid=(14, 14), frames=64) as writer:
+        writer.write([999_001], [999_002], "raw", np.ones((1, 14, 14, 64), dtype=np.float32))
+    with pytest.raises(ScoringInputError, match="no row of .*foreign.parquet matches a word-object pair"):
+        score_external(foreign, paths.pairs, paths.masks, tmp_path / "out", ["paper"], 0, 0.9, 3)
+    assert not (tmp_path / "out").exists()
+
+
 def test_baseline_batching_invariant():
     geometry = baseline_geometry()
     images = np.arange(7)

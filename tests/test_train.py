@@ -220,19 +220,42 @@ def test_metrics_content(trained_runs):
     assert list(pd.read_csv(trained_runs["first"].history(VARIANT)).columns) == train.HISTORY_COLUMNS
 
 
-def test_rejects_other_parameters(trained_runs, monkeypatch):
+def test_other_parameters_restart(trained_runs, monkeypatch, tmp_path, caplog):
+    """A checkpoint from other settings is refused with a warning; training restarts from scratch."""
     monkeypatch.chdir(trained_runs["first"].root.parents[1])
-    params, paths = _make_run("first", epochs=EPOCHS + 1, lr=2.0e-3)
-    with pytest.raises(train.CheckpointMismatchError, match=r"train.lr was 0.001, now 0.002.*Delete"):
+    params, paths = _make_run("first", lr=2.0e-3)
+    with caplog.at_level("WARNING"):
         train.run(params, paths, VARIANT)
+    assert "train.lr was 0.001, now 0.002" in caplog.text
+    assert "training from scratch" in caplog.text
+    assert _metrics(paths)["resumed_from_epoch"] is None
+    assert len(_history(paths)) == EPOCHS
+
+    # The same settings trained in a fresh folder give the same history.
+    monkeypatch.chdir(tmp_path)
+    fresh_params, fresh_paths = _make_run("first", lr=2.0e-3)
+    train.run(fresh_params, fresh_paths, VARIANT)
+    pd.testing.assert_frame_equal(_history(paths), _history(fresh_paths))
 
 
-def test_rejects_other_data(trained_runs, monkeypatch):
+def test_other_data_restarts(trained_runs, monkeypatch, caplog):
     monkeypatch.chdir(trained_runs["second"].root.parents[1])
-    params, paths = _make_run("second", epochs=EPOCHS + 1)
+    params, paths = _make_run("second")
     write_synthetic_features(paths, num_images=20, captions_per_image=2, splits=SPLITS, seed=5)
-    with pytest.raises(train.CheckpointMismatchError, match="training data"):
+    with caplog.at_level("WARNING"):
         train.run(params, paths, VARIANT)
+    assert "training data" in caplog.text
+    assert _metrics(paths)["resumed_from_epoch"] is None
+
+
+def test_fewer_epochs_restarts(trained_runs, monkeypatch, caplog):
+    """A checkpoint cannot be shortened: lowering train.epochs trains again."""
+    monkeypatch.chdir(trained_runs["in_two_sittings"].root.parents[1])
+    params, paths = _make_run("in_two_sittings", epochs=EPOCHS - 1)
+    with caplog.at_level("WARNING"):
+        train.run(params, paths, VARIANT)
+    assert f"trained {EPOCHS} epochs and train.epochs is now {EPOCHS - 1}" in caplog.text
+    assert list(_history(paths)["epoch"]) == list(range(1, EPOCHS))
 
 
 def test_early_stopping(tmp_path, monkeypatch):

@@ -86,3 +86,17 @@ def test_cpu_runs_request_no_gpu(workdir):
     assert result.returncode == 0, result.stderr[-3000:]
     for resources in _job_resources(result.stdout, "train_model"):
         assert resources["gpu"] == "0"
+
+
+def test_missing_data_stops_run_before_jobs(workdir):
+    (workdir / "vectors.yaml").write_text("pairs: {vectors: /nonexistent/vectors.bin}\n")
+    result = _snakemake(workdir, "--cores", "1", "--configfile", "config/demo/params.yaml", "vectors.yaml")
+    assert result.returncode != 0
+    assert "input data not found: /nonexistent/vectors.bin" in result.stdout + result.stderr
+    assert not (workdir / "results" / "demo" / "corpus").exists()
+
+
+def test_dry_run_writes_nothing(workdir):
+    result = _snakemake(workdir, "-n", "--cores", "1", "--configfile", "config/test/params.yaml")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not (workdir / "results" / "test-tiny").exists()

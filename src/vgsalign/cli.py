@@ -1,4 +1,4 @@
-"""The ``vgsalign`` command: one subcommand per pipeline stage plus tools.
+"""The vgsalign command: one subcommand per pipeline stage, plus tools.
 
 Stage subcommands are what the Snakemake rules and DVC stages run::
 
@@ -20,6 +20,7 @@ import logging
 import os
 import sys
 import time
+import traceback
 from collections.abc import Sequence
 
 import yaml
@@ -42,6 +43,20 @@ def _add_params_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vgsalign", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -59,7 +74,9 @@ def _build_parser() -> argparse.ArgumentParser:
         sub.set_defaults(stage=stage)
 
     describe = commands.add_parser("describe", help="print each variant's parameter count beside the paper's")
-    describe.add_argument("--width", type=float, default=1.0, help="filter-count multiplier (1.0 = paper)")
+    describe.add_argument(
+        "--width", type=_positive_float, default=1.0, help="filter-count multiplier (1.0 = paper)"
+    )
 
     score = commands.add_parser(
         "score-tensors", help="score alignment tensors in the Parquet exchange format (any model)"
@@ -75,7 +92,9 @@ def _build_parser() -> argparse.ArgumentParser:
         choices=["paper", "released_code"],
         help="scoring conventions to compute",
     )
-    score.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the intervals")
+    score.add_argument(
+        "--bootstrap", type=_non_negative_int, default=1000, help="bootstrap resamples for the intervals (0: none)"
+    )
     score.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
 
     check = commands.add_parser("check-params", help="validate parameter files and print the merged result")
@@ -102,9 +121,10 @@ def _run_stage(stage: Stage, args: argparse.Namespace) -> None:
         value = getattr(args, stage.wildcard)
         allowed = wildcard_values(stage, paths)
         if value not in allowed:
+            source = "models.variants" if stage.wildcard == "variant" else "the shard count (features.*_shards)"
             raise ParamsError(
                 f"invalid --{stage.wildcard} {value!r} for stage {stage.name}: this run has "
-                f"{', '.join(allowed)}. Check models.variants or the shard count in the parameters."
+                f"{', '.join(allowed)}. Use one of them, or change {source} in the parameters."
             )
         arguments.append(value)
 
@@ -117,6 +137,47 @@ def _run_stage(stage: Stage, args: argparse.Namespace) -> None:
     logger.info("finished %s in %.1f s", label, time.perf_counter() - started)
 
 
+def _score_tensors(args: argparse.Namespace) -> None:
+    from vgsalign.scoring.stage import score_external
+
+    setup_logging()
+    score_external(
+        args.tensors,
+        args.pairs,
+        args.masks,
+        args.out,
+        conventions=args.conventions,
+        bootstrap_resamples=args.bootstrap,
+        seed=args.seed,
+    )
+
+
+def _command_inputs(args: argparse.Namespace) -> tuple[list[str], RunPaths | None]:
+    """Return the input files of the command in ``args`` and the run's paths, for error messages."""
+    if hasattr(args, "stage"):
+        try:
+            paths = RunPaths(load_params(args.params))
+        except ParamsError:
+            return [], None
+        wildcard = getattr(args, args.stage.wildcard, None) if args.stage.wildcard else None
+        pattern = f"{{{args.stage.wildcard}}}"
+        inputs = [path.replace(pattern, wildcard) if wildcard else path for path in args.stage.inputs(paths)]
+        return inputs, paths
+    if args.command == "score-tensors":
+        return [args.tensors, args.pairs, args.masks], None
+    return [], None
+
+
+def _report_error(args: argparse.Namespace, message: str, details: str = "") -> None:
+    """Print ``message`` on stderr and append it, with ``details``, to the command's log file."""
+    print(f"vgsalign: error: {message}", file=sys.stderr)
+    log_file = getattr(args, "log", None)
+    if log_file:
+        # The log file is what Snakemake shows for a failed job and what cluster users read.
+        with open(log_file, "a") as handle:
+            handle.write(f"{time.strftime('%H:%M:%S')} ERROR vgsalign: {message}\n{details}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     try:
@@ -127,18 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             print(describe(width=args.width))
         elif args.command == "score-tensors":
-            from vgsalign.scoring.stage import score_external
-
-            setup_logging()
-            score_external(
-                args.tensors,
-                args.pairs,
-                args.masks,
-                args.out,
-                conventions=args.conventions,
-                bootstrap_resamples=args.bootstrap,
-                seed=args.seed,
-            )
+            _score_tensors(args)
         elif args.command == "check-params":
             print(yaml.safe_dump(load_params(args.files), sort_keys=False), end="")
         elif args.command == "dvc-yaml":
@@ -149,27 +199,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             write_text_atomic(target, render_dvc_yaml(args.run_folder))
             print(f"wrote {target}")
     except (ParamsError, OutputPathError) as error:
-        print(f"vgsalign: error: {error}", file=sys.stderr)
+        _report_error(args, str(error))
         return 2
     except Exception as error:
-        # The stages raise their own exception classes for bad input. Their message
-        # names the file or value and the fix, so it is printed alone. Any other
-        # exception is a bug and keeps its traceback.
-        if not _is_input_error(error) or os.environ.get("VGSALIGN_TRACEBACK"):
+        from vgsalign.errors import input_error_message
+
+        inputs, paths = _command_inputs(args)
+        message = input_error_message(error, inputs, paths)
+        trace = traceback.format_exc()
+        if message is None or os.environ.get("VGSALIGN_TRACEBACK"):
+            _report_error(args, f"{type(error).__name__}: {error}", trace)
             raise
-        logger.debug("traceback of the error below", exc_info=True)
-        message = str(error)
-        if isinstance(error, FileNotFoundError) and "not found" not in message:
-            missing = error.filename or message
-            message = f"input file not found: {missing}. Run the stage that writes it first, or check the parameters"
-        print(f"vgsalign: error: {message} (set VGSALIGN_TRACEBACK=1 for the traceback)", file=sys.stderr)
+        _report_error(args, f"{message} (set VGSALIGN_TRACEBACK=1 for the traceback)", trace)
         return 1
     return 0
-
-
-def _is_input_error(error: BaseException) -> bool:
-    """True for the exception classes that vgsalign raises about its inputs, and missing files."""
-    return type(error).__module__.startswith("vgsalign") or isinstance(error, FileNotFoundError)
 
 
 if __name__ == "__main__":

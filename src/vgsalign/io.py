@@ -28,15 +28,21 @@ class OutputPathError(ValueError):
     """An output location that cannot be written (for example, a file where a folder must be)."""
 
 
-def ensure_dir(path: str | os.PathLike) -> Path:
-    """Create folder ``path`` (and parents); raise OutputPathError if a file is in the way."""
+def check_folder_path(path: str | os.PathLike) -> Path:
+    """Raise OutputPathError if a file stands where folder ``path`` or one of its parents must be."""
     path = Path(path)
     for candidate in (path, *path.parents):
         if candidate.exists() and not candidate.is_dir():
             raise OutputPathError(
                 f"output folder {path} cannot be created because {candidate} exists and is not a "
-                f"directory. Move or delete {candidate}, or choose another run name."
+                f"directory. Move or delete {candidate}, or choose another output location."
             )
+    return path
+
+
+def ensure_dir(path: str | os.PathLike) -> Path:
+    """Create folder ``path`` (and parents); raise OutputPathError if a file is in the way."""
+    path = check_folder_path(path)
     path.mkdir(parents=True, exist_ok=True)
     return path
 

@@ -16,6 +16,15 @@ SHARD_PATTERN = "{shard}"
 VARIANT_PATTERN = "{variant}"
 
 
+def names_vectors_file(spec: str) -> bool:
+    """True when ``pairs.vectors`` names a file rather than a gensim.downloader model.
+
+    gensim.downloader names (``word2vec-google-news-300``) have no dot and no
+    path separator, so any value with one of them is a file path.
+    """
+    return "/" in spec or "\\" in spec or "." in spec
+
+
 def shard_name(index: int) -> str:
     """Return the zero-padded name of feature shard ``index`` (``0003``)."""
     return f"{index:04d}"

@@ -42,13 +42,12 @@ from gensim.models import KeyedVectors, Word2Vec
 
 from vgsalign import coco, nouns
 from vgsalign.io import atomic_path, read_parquet_metadata, write_json_atomic, write_parquet_atomic
-from vgsalign.layout import RunPaths
+from vgsalign.layout import RunPaths, names_vectors_file
 
 logger = logging.getLogger(__name__)
 
 SELF_TRAINED = "self-trained"
 DROP_REASONS = ("no_nouns", "oov_noun", "no_nouns_in_vocabulary", "no_objects")
-VECTOR_SUFFIXES = {".bin", ".kv", ".txt", ".vec", ".gz", ".model", ".w2v"}
 PAIR_COLUMNS = [
     "pair_id",
     "caption_id",
@@ -121,8 +120,8 @@ def load_vectors(spec: str) -> tuple[KeyedVectors, str]:
 
     Files: gensim KeyedVectors (``.kv``, pickled), word2vec binary or word2vec
     text, optionally gzipped; the format is read from the file's first bytes.
-    Any other string is a gensim.downloader name, which needs network access
-    the first time.
+    A value without a dot or a path separator is a gensim.downloader name, which
+    needs network access the first time.
     """
     path = Path(spec)
     if path.is_dir():
@@ -151,7 +150,7 @@ def load_vectors(spec: str) -> tuple[KeyedVectors, str]:
             )
         logger.info("loaded %d word vectors of dimension %d from %s", len(vectors), vectors.vector_size, path)
         return vectors, str(path)
-    if "/" in spec or "\\" in spec or path.suffix in VECTOR_SUFFIXES:
+    if names_vectors_file(spec):
         raise VectorsError(
             f"word vectors file not found: {path}. Download it (for the paper: GoogleNews-vectors-negative300.bin), "
             "fix pairs.vectors, or set pairs.vectors to null to train Word2Vec on the captions."

@@ -8,6 +8,7 @@ cannot drift apart; ``tests/test_workflow_sync.py`` checks both.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,7 @@ import yaml
 
 from vgsalign.config import lookup
 from vgsalign.io import write_text_atomic
-from vgsalign.layout import SHARD_PATTERN, VARIANT_PATTERN, RunPaths
+from vgsalign.layout import SHARD_PATTERN, VARIANT_PATTERN, RunPaths, names_vectors_file
 
 PathList = list[str]
 
@@ -276,7 +277,7 @@ STAGES: dict[str, Stage] = {
 def _vectors_is_file(paths: RunPaths) -> bool:
     """True when ``pairs.vectors`` names a local file (not null, not a gensim.downloader name)."""
     vectors = paths.params["pairs"]["vectors"]
-    return bool(vectors) and ("/" in vectors or Path(vectors).suffix in {".bin", ".kv", ".txt", ".gz", ".vec"})
+    return bool(vectors) and names_vectors_file(vectors)
 
 
 def wildcard_values(stage: Stage, paths: RunPaths) -> list[str]:
@@ -324,3 +325,27 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_plain(item) for item in value]
     return value
+
+
+def producer_of(path: str, paths: RunPaths) -> str | None:
+    """Return the name of the stage of this run whose outputs include ``path``, or None for raw data."""
+    for stage in enabled_stages(paths):
+        for pattern in stage.outputs(paths):
+            regex = re.escape(pattern)
+            for wildcard in ("variant", "shard"):
+                regex = regex.replace(re.escape(f"{{{wildcard}}}"), r"[^/]+")
+            if re.fullmatch(regex, path):
+                return stage.name
+    return None
+
+
+def missing_raw_inputs(paths: RunPaths) -> list[str]:
+    """Return the inputs that no stage of this run writes and that do not exist (data, vectors)."""
+    missing = []
+    for stage in enabled_stages(paths):
+        for path in stage.inputs(paths):
+            if "{" in path or path in missing or Path(path).exists():
+                continue
+            if producer_of(path, paths) is None:
+                missing.append(path)
+    return missing

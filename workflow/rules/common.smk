@@ -6,23 +6,44 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 
 from vgsalign.config import ParamsError, validate_params
+from vgsalign.io import OutputPathError, check_folder_path
 from vgsalign.layout import RunPaths
-from vgsalign.workflow import STAGES, final_outputs, wildcard_values, write_resolved_params
+from vgsalign.workflow import STAGES, final_outputs, missing_raw_inputs, resolved_params_file, write_resolved_params
 
 try:
-    validate_params(config, source="workflow configuration (params.yaml + --configfile/--config)")
-except ParamsError as error:
+    validate_params(config, source="workflow configuration (params.yaml, --configfile and --config)")
+    PATHS = RunPaths(config)
+    check_folder_path(PATHS.root)
+except (ParamsError, OutputPathError) as error:
     raise WorkflowError(str(error)) from None
 
-PATHS = RunPaths(config)
 # Every rule runs in the environment of environment.yml under --use-conda (the path
 # is relative to the rule files); the package itself is imported from src/.
 CONDA_ENV = "../../environment.yml"
 # Snakemake formats the prefix too, so shell braces are doubled twice here.
 shell.prefix(f"export PYTHONPATH={workflow.basedir}/src${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ")
-# The merged parameters, written only when they change so that the file's
-# timestamp never triggers a rerun. Each command reads its values from here.
-PARAMS_FILE = write_resolved_params(config, PATHS)
+# Each command reads the merged parameters from this file. It is written when a
+# run starts (not by dry runs, --lint or --report, which would otherwise change it
+# under a running workflow), and only when its content changes, so that its
+# timestamp never triggers a rerun.
+PARAMS_FILE = str(resolved_params_file(PATHS))
+
+
+# Snakemake does not schedule a job whose input data is missing even when its
+# parameters changed, so a mistyped data path or vectors file would silently keep
+# old results. Dry runs warn; a real run stops before any job starts.
+MISSING_INPUTS = ", ".join(missing_raw_inputs(PATHS))
+if MISSING_INPUTS:
+    logger.warning(f"input data not found: {MISSING_INPUTS}")
+
+
+onstart:
+    if MISSING_INPUTS:
+        raise WorkflowError(
+            f"input data not found: {MISSING_INPUTS}. Put the data there or fix the paths "
+            "(data.coco_root, data.speech.root, pairs.vectors) in the parameters."
+        )
+    write_resolved_params(config, PATHS)
 
 
 def stage_output(name):
@@ -44,7 +65,8 @@ def stage_shell(name):
     """The stage's command; torch and NumPy use the job's thread count, not every core."""
     stage = STAGES[name]
     value = None if stage.wildcard is None else "{wildcards.%s}" % stage.wildcard
-    return "OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads} " + stage.cli(PARAMS_FILE, value) + " --log {log}"
+    command = stage.cli(PARAMS_FILE, value)
+    return f"OMP_NUM_THREADS={{threads}} MKL_NUM_THREADS={{threads}} {command} --log {{log}}"
 
 
 wildcard_constraints:

@@ -345,9 +345,21 @@ def score_external(
         pairs_convention=_pairs_frames_convention(pairs_file),
         store=store,
     )
+    scored = pairs[pairs["pair_id"].isin(scores["pair_id"])]
+    if scored.empty:
+        raise ScoringInputError(
+            f"no row of {tensor_file} matches a word-object pair of {pairs_file} by (image_id, caption_id). "
+            "Write tensors for the test image-caption pairs listed in that pairs file."
+        )
+    if len(scored) < len(pairs):
+        logger.warning(
+            "%d of %d word-object pairs have no tensor in %s; the totals and the baseline cover the other %d",
+            len(pairs) - len(scored), len(pairs), tensor_file, len(scored),
+        )  # fmt: skip
     if baseline:
+        # The baseline is scored on the same pairs as the tensors, so the two are comparable.
         baseline_scores, baseline_summary, _ = score_baseline_pairs(
-            pairs, masks, conventions, bootstrap_resamples, confidence, seed, geometry, store=store
+            scored, masks, conventions, bootstrap_resamples, confidence, seed, geometry, store=store
         )
         scores = pd.concat([scores, baseline_scores], ignore_index=True)
         for convention, kinds in baseline_summary.items():

@@ -446,6 +446,23 @@ class TrainingRun:
             "best": {"epoch": self.best_epoch, "value": self.best_value, "select_by": self.select_by},
         }
 
+    def stale_reason(self, path: Path) -> str | None:
+        """Return why the checkpoint at ``path`` cannot be resumed by this run, or None when it can.
+
+        A checkpoint is stale when it was made with other training parameters or data,
+        or when it has already trained more epochs than ``train.epochs`` asks for.
+        """
+        checkpoint = load_checkpoint(path, self.device)
+        if checkpoint["params_digest"] != self.digest:
+            differences = parameter_differences(checkpoint["params"], self.training_params)
+            return "it was made with other settings: " + "; ".join(differences)
+        if int(checkpoint["epoch"]) > self.settings["epochs"]:
+            return (
+                f"it has trained {int(checkpoint['epoch'])} epochs and train.epochs is now "
+                f"{self.settings['epochs']}, so it cannot be shortened"
+            )
+        return None
+
     def resume(self, path: Path) -> None:
         """Restore the state saved in ``path``; raise CheckpointMismatchError for other parameters or data."""
         checkpoint = load_checkpoint(path, self.device)
@@ -492,7 +509,13 @@ class TrainingRun:
 
         last = paths.last_checkpoint(variant)
         if last.is_file():
-            self.resume(last)
+            reason = self.stale_reason(last)
+            if reason is None:
+                self.resume(last)
+            else:
+                # Snakemake and DVC rerun this stage when its parameters or inputs change;
+                # the old checkpoint is then refused and overwritten, never resumed.
+                logger.warning("not resuming %s from %s: %s; training from scratch", variant, last, reason)
 
         train_data = PairBatches(self.splits["train"], audio_store, image_store)
         val_data = PairBatches(self.splits["val"], audio_store, image_store)
@@ -662,7 +685,9 @@ def run(params: Mapping[str, Any], paths: RunPaths, variant: str) -> None:
     """Train ``variant`` on the run's feature shards and write its folder under ``models/``.
 
     Resumes from ``last.pt`` when one exists with the same training parameters and
-    data; raises CheckpointMismatchError when they differ.
+    data and no more epochs than ``train.epochs``. Otherwise the checkpoint is
+    refused with a warning that names the differences, and training starts from
+    scratch, because Snakemake and DVC rerun this stage after such a change.
     """
     device = resolve_device(params["train"]["device"], "train.device")
     with deterministic_algorithms(device):
