@@ -94,6 +94,9 @@ def collect_skip_counts(paths: RunPaths, state: ReportState) -> dict[str, list]:
         metadata = _read_metadata(path, state)
         if metadata is not None:
             counts[label] = flatten_counts(metadata)
+    # The manifest stage stores the same counts in both of its files; list them once.
+    if counts.get("images manifest") == counts.get("manifest"):
+        counts.pop("images manifest", None)
     if state.pairs_summary is not None:
         counts["pairs"] = flatten_counts(state.pairs_summary)
     counts["audio features"] = _feature_status_counts([paths.audio_index(shard) for shard in paths.audio_shard_names])
@@ -194,12 +197,13 @@ def _link(target: Path, report: Path) -> str:
 
 
 def _chance_lines(table1: pd.DataFrame) -> list[str]:
-    lines = []
+    """One line per distinct chance level; variants tested on the same pairs share a line."""
+    lines: dict[str, list[str]] = {}
     for record in table1.to_dict("records"):
         if pd.isna(record["chance"]):
             continue
         line = (
-            f"- {record['model']}: pooled recall@10 {tables.format_score(record['chance'], digits=4)} "
+            f"pooled recall@10 {tables.format_score(record['chance'], digits=4)} "
             f"(pools: {tables.format_integer(record['pools'])}, pool size: {tables.format_integer(record['pool_size'])})"
         )
         if pd.notna(record["full_chance_r10_s2i"]):
@@ -208,8 +212,10 @@ def _chance_lines(table1: pd.DataFrame) -> list[str]:
                 f"{tables.format_score(record['full_chance_r10_s2i'], digits=4)} speech→image, "
                 f"{tables.format_score(record['full_chance_r10_i2s'], digits=4)} image→speech"
             )
-        lines.append(line + ".")
-    return lines or ["- No test retrieval results."]
+        lines.setdefault(line, []).append(record["model"])
+    if not lines:
+        return ["- No test retrieval results."]
+    return [f"- {', '.join(models)}: {line}." for line, models in lines.items()]
 
 
 def _fits_markdown(fits: pd.DataFrame) -> str:
