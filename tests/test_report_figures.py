@@ -194,6 +194,25 @@ def test_pdf_is_reproducible(tmp_path):
     assert first[1].read_bytes() == second[1].read_bytes()
 
 
+def _recall_labels(history: pd.DataFrame) -> list[str]:
+    recall_axes = figures.plot_training_curves(history, "run").axes[1]
+    return [line.get_label() for line in recall_axes.get_lines()]
+
+
+def test_training_curves_merge_equal_recalls():
+    history = pd.DataFrame(
+        {"epoch": [1, 2], "train_loss": [0.3, 0.2], "val_loss": [0.35, 0.25],
+         "val_r10_s2i": [0.1, 0.2], "val_r10_i2s": [0.1, 0.15],
+         "val_full_r10_s2i": [0.1, 0.2], "val_full_r10_i2s": [0.05, 0.15]}
+    )  # fmt: skip
+    # The speech→image curves are equal, so they become one line. The image→speech curves differ.
+    assert _recall_labels(history) == [
+        "speech→image (pooled = full set)",
+        "image→speech (pooled)",
+        "image→speech (full set)",
+    ]
+
+
 def test_similarity_histogram_draws(tmp_path):
     similarities = pd.DataFrame({"similarity": [0.1, 0.55, 0.7, np.nan, 0.3], "best": [False, True, True, False, True]})
     figure = figures.plot_similarity_histogram(similarities, threshold=0.5)

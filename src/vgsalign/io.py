@@ -20,6 +20,7 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+from tqdm import tqdm
 
 METADATA_KEY = b"vgsalign"
 
@@ -122,9 +123,22 @@ def read_parquet_metadata(path: str | os.PathLike) -> dict[str, Any]:
     return json.loads(raw) if raw else {}
 
 
+class _ProgressAwareHandler(logging.StreamHandler):
+    """Write log records to stderr above any open tqdm bar instead of through it."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            tqdm.write(self.format(record), file=self.stream)
+        except Exception:  # noqa: BLE001 - logging must never raise; report as the standard handler does
+            self.handleError(record)
+
+
 def setup_logging(log_file: str | os.PathLike | None = None, level: int = logging.INFO) -> None:
     """Log to stderr and, when given, to ``log_file`` (Snakemake's ``log:`` path)."""
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    handlers: list[logging.Handler] = [_ProgressAwareHandler()]
     if log_file is not None:
         ensure_dir(Path(log_file).parent)
         handlers.append(logging.FileHandler(log_file, mode="a"))

@@ -233,7 +233,8 @@ def plot_training_curves(history: pd.DataFrame, title: str, best_epoch: float | 
     """Draw loss (left) and validation recall@10 in both directions (right) per epoch.
 
     Pooled recall@10 is drawn solid and full-set recall@10 dashed when the history
-    has it. A dotted vertical line marks the selected epoch.
+    has it; when the two are equal (a validation set of one pool) one line is
+    drawn and its label says so. A dotted vertical line marks the selected epoch.
     """
     figure = new_figure(DOUBLE_COLUMN, 2.6)
     loss_axes, recall_axes = figure.subplots(1, 2)
@@ -244,11 +245,15 @@ def plot_training_curves(history: pd.DataFrame, title: str, best_epoch: float | 
     loss_axes.set_ylabel("triplet loss")
 
     for column, colour, label in (("s2i", OKABE_ITO[0], "speech→image"), ("i2s", OKABE_ITO[2], "image→speech")):
-        recall_axes.plot(epochs, history[f"val_r10_{column}"], color=colour, label=f"{label} (pooled)")
-        if f"val_full_r10_{column}" in history:
-            recall_axes.plot(
-                epochs, history[f"val_full_r10_{column}"], color=colour, linestyle="--", label=f"{label} (full set)"
-            )
+        pooled = history[f"val_r10_{column}"].to_numpy(dtype=float)
+        full = history.get(f"val_full_r10_{column}")
+        if full is not None and np.allclose(pooled, full.to_numpy(dtype=float), equal_nan=True):
+            # A validation set no larger than one pool makes the two curves the same line.
+            recall_axes.plot(epochs, pooled, color=colour, label=f"{label} (pooled = full set)")
+            continue
+        recall_axes.plot(epochs, pooled, color=colour, label=f"{label} (pooled)")
+        if full is not None:
+            recall_axes.plot(epochs, full, color=colour, linestyle="--", label=f"{label} (full set)")
     recall_axes.set_xlabel("epoch")
     recall_axes.set_ylabel("validation recall@10")
     recall_axes.set_ylim(0, 1)
