@@ -285,6 +285,23 @@ def test_training_edit_keeps_features(tiny_run):
     assert rules == {"train_model", "export_tensors", "score_alignments", "make_report", "all"}
 
 
+def test_speed_edit_reruns_nothing(tiny_run):
+    # Inference batch size, loader workers and the device change only how fast a
+    # stage runs, so no feature shard is rebuilt and no model retrained.
+    overlay = {
+        "features": {"image": {"batch_size": 3, "num_workers": 1}},
+        "train": {"num_workers": 1},
+    }
+    assert _dry_run_rules(tiny_run, overlay) == set()
+
+
+def test_crossing_words_edit_keeps_audio_features(tiny_run):
+    # Audio shards depend on frames.window and frames.convention only.
+    rules = _dry_run_rules(tiny_run, {"frames": {"crossing_words": "drop"}})
+    assert "extract_audio_features" not in rules
+    assert {"extract_nouns", "pair_words_objects", "make_report"} <= rules
+
+
 # -- determinism -----------------------------------------------------------------------
 
 COMPARED = ["table1.csv", "table2.csv", "scores/cnnatt_v0/pairs.parquet", "tensors/cnnatt_v1.parquet"]

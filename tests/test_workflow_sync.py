@@ -159,3 +159,32 @@ def test_dvc_config_disables_network_checks(project_root):
     config = (project_root / ".dvc" / "config").read_text()
     assert "analytics = false" in config
     assert "check_update = false" in config
+
+
+def _leaf_keys(mapping, prefix=""):
+    for key, value in mapping.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            yield from _leaf_keys(value, dotted + ".")
+        else:
+            yield dotted
+
+
+def _covers(keys, leaf):
+    return any(leaf == key or leaf.startswith(key + ".") for key in keys)
+
+
+def test_every_parameter_is_watched_or_speed_only(project_root):
+    from vgsalign.workflow import STAGES
+
+    params = load_params([project_root / "params.yaml"])
+    watched = [key for stage in STAGES.values() for key in stage.params]
+    speed_only = [key for stage in STAGES.values() for key in stage.speed_params]
+    # A new key must be listed by the stages that read it, either as one that
+    # determines their outputs or as one that changes only their speed.
+    unlisted = [
+        leaf for leaf in _leaf_keys(params) if leaf != "run" and not _covers(watched + speed_only, leaf)
+    ]
+    assert unlisted == []
+    # A key that changes only the speed is never also watched by another stage.
+    assert [key for key in speed_only if _covers(watched, key)] == []

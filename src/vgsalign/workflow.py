@@ -21,6 +21,9 @@ from vgsalign.io import write_text_atomic
 from vgsalign.layout import SHARD_PATTERN, VARIANT_PATTERN, RunPaths, names_vectors_file
 
 PathList = list[str]
+# The train section's keys that determine a trained model. train.device and
+# train.num_workers only choose where and how fast it trains.
+TRAINING_KEYS = ("epochs", "batch_size", "lr", "margin", "select_by", "patience", "amp", "recall_pools", "recall_pool_size")
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,7 @@ class Stage:
     command: str
     # "module:function" called by ``vgsalign <command>`` as function(params, paths[, wildcard]).
     entry: str
+    # Keys whose values determine the outputs, so a change reruns the stage.
     params: tuple[str, ...]
     inputs: Callable[[RunPaths], PathList]
     outputs: Callable[[RunPaths], PathList]
@@ -42,6 +46,10 @@ class Stage:
     # category, file patterns inside a folder output or None).
     reports: Callable[[RunPaths], dict[str, tuple[str, str, list[str] | None]]] = field(default=lambda paths: {})
     enabled: Callable[[RunPaths], bool] = field(default=lambda paths: True)
+    # Keys the stage also reads that change only its speed or the device it runs on
+    # (batch size of inference, workers, device). Neither Snakemake nor DVC watches
+    # them, so changing one never rebuilds features or retrains a model.
+    speed_params: tuple[str, ...] = ()
 
     def cli(self, params_file: str, wildcard_value: str | None = None) -> str:
         """Return the shell command with the parameter file and wildcard filled in."""
@@ -165,7 +173,7 @@ STAGES: dict[str, Stage] = {
             name="extract_audio_features",
             command="audio-features",
             entry="vgsalign.features.audio:run",
-            params=("features.audio", "features.dtype", "features.audio_shards", "frames"),
+            params=("features.audio", "features.dtype", "features.audio_shards", "frames.window", "frames.convention"),
             inputs=lambda paths: _str([paths.manifest]),
             outputs=lambda paths: _str([paths.audio_shard(SHARD_PATTERN), paths.audio_index(SHARD_PATTERN)]),
             wildcard="shard",
@@ -174,7 +182,14 @@ STAGES: dict[str, Stage] = {
             name="extract_image_features",
             command="image-features",
             entry="vgsalign.features.image:run",
-            params=("seed", "features.image", "features.dtype", "features.image_shards", "features.device"),
+            params=(
+                "seed",
+                "features.image.weights",
+                "features.image.resize",
+                "features.dtype",
+                "features.image_shards",
+            ),
+            speed_params=("features.image.batch_size", "features.image.num_workers", "features.device"),
             inputs=lambda paths: _str([paths.images]),
             outputs=lambda paths: _str([paths.image_shard(SHARD_PATTERN), paths.image_index(SHARD_PATTERN)]),
             wildcard="shard",
@@ -183,7 +198,9 @@ STAGES: dict[str, Stage] = {
             name="train_model",
             command="train",
             entry="vgsalign.training.train:run",
-            params=("seed", "models.width", "models.dropout", "models.cnn0_pooling", "train"),
+            params=("seed", "models.width", "models.dropout", "models.cnn0_pooling")
+            + tuple(f"train.{key}" for key in TRAINING_KEYS),
+            speed_params=("train.device", "train.num_workers"),
             inputs=lambda paths: _str([paths.manifest]) + _audio_shards(paths) + _image_shards(paths),
             outputs=lambda paths: _str(
                 [
@@ -199,7 +216,8 @@ STAGES: dict[str, Stage] = {
             name="export_tensors",
             command="export",
             entry="vgsalign.export:run",
-            params=("seed", "export", "train.recall_pools", "train.recall_pool_size", "train.device"),
+            params=("seed", "export", "frames.window", "frames.convention", "train.recall_pools", "train.recall_pool_size"),
+            speed_params=("train.device",),
             inputs=lambda paths: _str([paths.manifest, paths.best_checkpoint(VARIANT_PATTERN)])
             + _audio_shards(paths)
             + _image_shards(paths),
