@@ -96,3 +96,50 @@ def test_output_path_that_is_a_file(tmp_path):
     blocker.write_text("not a folder")
     with pytest.raises(OutputPathError, match="is not a directory"):
         ensure_dir(blocker / "demo")
+
+
+@pytest.mark.parametrize(
+    ("section", "key"),
+    [("train", "lr"), ("models", "width"), ("pairs", "threshold"), ("scoring", "confidence")],
+)
+def test_nan_is_rejected(project_root, tmp_path, section, key):
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text(f"{section}:\n  {key}: .nan\n")
+    with pytest.raises(ParamsError) as raised:
+        load_params([project_root / "params.yaml", overlay])
+    assert f"invalid value nan for '{section}.{key}'" in str(raised.value)
+
+
+def test_exponent_without_point_gets_hint(project_root, tmp_path):
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text("train:\n  lr: 1e-3\n")  # PyYAML reads this as the string '1e-3'
+    with pytest.raises(ParamsError) as raised:
+        load_params([project_root / "params.yaml", overlay])
+    message = str(raised.value)
+    assert "invalid type for 'train.lr': '1e-3'" in message
+    assert "such as 1.0e-03" in message
+    assert yaml.safe_load("lr: 1.0e-03")["lr"] == 0.001  # the suggested spelling is a number
+
+
+def test_min_above_max_is_rejected(project_root, tmp_path):
+    overlay = _write(tmp_path, {"demo": {"objects_per_image": [3, 1]}})
+    with pytest.raises(ParamsError) as raised:
+        load_params([project_root / "params.yaml", overlay])
+    assert "invalid value [3, 1] for 'demo.objects_per_image'" in str(raised.value)
+    assert "write [1, 3]" in str(raised.value)
+
+
+def test_directory_as_parameter_file(tmp_path):
+    with pytest.raises(ParamsError) as raised:
+        load_params([tmp_path])
+    assert "is a directory" in str(raised.value)
+    assert str(tmp_path / "params.yaml") in str(raised.value)
+
+
+def test_yaml_error_names_the_file(tmp_path):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("train:\n  lr: [1,\n")
+    with pytest.raises(ParamsError) as raised:
+        load_params([broken])
+    assert "<unicode string>" not in str(raised.value)
+    assert str(raised.value).count(str(broken)) >= 2  # the first line and the position line

@@ -12,6 +12,7 @@ import copy
 import difflib
 import hashlib
 import json
+import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -32,10 +33,16 @@ class ParamsError(ValueError):
 def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
     """Read one YAML mapping, raising ParamsError for a missing or malformed file."""
     path = Path(path)
+    if path.is_dir():
+        raise ParamsError(
+            f"parameter file {path} is a directory. Pass a YAML file, such as {path / 'params.yaml'}."
+        )
     if not path.is_file():
         raise ParamsError(f"parameter file not found: {path}. Pass an existing YAML file.")
     try:
-        data = yaml.safe_load(path.read_text())
+        # Reading from the open file makes PyYAML name it in the error's position lines.
+        with path.open(encoding="utf-8") as stream:
+            data = yaml.safe_load(stream)
     except yaml.YAMLError as error:
         raise ParamsError(f"invalid YAML in {path}: {error}") from error
     if data is None:
@@ -104,8 +111,45 @@ def _describe_error(error: jsonschema.ValidationError, schema: Mapping[str, Any]
     if error.validator == "required":
         return f"missing parameter under '{key}': {error.message}. Add it (see params.yaml for the default)."
     if error.validator == "type":
-        return f"invalid type for '{key}': {error.instance!r} is not of type {error.validator_value!r}."
+        message = f"invalid type for '{key}': {error.instance!r} is not of type {error.validator_value!r}."
+        if _is_number_text(error.instance) and "number" in str(error.validator_value):
+            # PyYAML (YAML 1.1) reads 1e-3 as text. A decimal point and a signed exponent make it a number.
+            message += f" Write it as a YAML number with a decimal point, such as {float(error.instance):.1e}."
+        return message
     return f"invalid value {error.instance!r} for '{key}': {error.message}."
+
+
+def _is_number_text(value: Any) -> bool:
+    if not isinstance(value, str):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except ValueError:
+        return False
+
+
+def _nan_keys(value: Any, path: tuple[Any, ...] = ()) -> list[str]:
+    """Return the dotted keys whose value is NaN (JSON Schema's number bounds let NaN through)."""
+    if isinstance(value, float) and math.isnan(value):
+        return [_dotted(path)]
+    if isinstance(value, Mapping):
+        return [key for name, item in value.items() for key in _nan_keys(item, (*path, name))]
+    if isinstance(value, list):
+        return [key for index, item in enumerate(value) for key in _nan_keys(item, (*path, index))]
+    return []
+
+
+# [min, max] pairs whose first value must not exceed the second.
+RANGE_KEYS = ("demo.objects_per_image", "demo.image_size")
+
+
+def _range_errors(params: Mapping[str, Any]) -> list[str]:
+    errors = []
+    for key in RANGE_KEYS:
+        low, high = lookup(params, key)
+        if low > high:
+            errors.append(f"invalid value [{low}, {high}] for '{key}': it is [min, max], so write [{high}, {low}].")
+    return errors
 
 
 def validate_params(params: Mapping[str, Any], source: str = "parameters") -> None:
@@ -113,8 +157,12 @@ def validate_params(params: Mapping[str, Any], source: str = "parameters") -> No
     schema = load_schema()
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(params), key=lambda e: list(map(str, e.absolute_path)))
-    if errors:
-        lines = "\n".join(f"  - {_describe_error(error, schema)}" for error in errors)
+    messages = [_describe_error(error, schema) for error in errors]
+    messages += [f"invalid value nan for '{key}': write a number." for key in _nan_keys(params)]
+    if not messages:
+        messages = _range_errors(params)
+    if messages:
+        lines = "\n".join(f"  - {message}" for message in messages)
         raise ParamsError(f"invalid {source}:\n{lines}\nFix these keys and run again.")
     unknown_fig3 = params["report"]["fig3_variant"] not in params["models"]["variants"]
     if unknown_fig3:
