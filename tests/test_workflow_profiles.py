@@ -67,7 +67,6 @@ def test_slurm_training_jobs_request_gpu_and_memory(workdir):
     for resources in jobs:
         assert resources["gpu"] == "1"
         assert resources["mem_mb"] == "16000"
-        assert resources["slurm_partition"] == "gpu"
         assert resources["runtime"] == "2880"
 
 
@@ -79,6 +78,50 @@ def test_slurm_feature_shards_are_separate_jobs(workdir):
     image_jobs = _job_resources(result.stdout, "extract_image_features")
     assert len(image_jobs) == 2
     assert all(resources["gpu"] == "1" for resources in image_jobs)
+
+
+class _Resources(dict):
+    __getattr__ = dict.get
+
+
+class _Job:
+    """The part of a Snakemake job that the SLURM plugin's partition choice reads."""
+
+    def __init__(self, rule: str, resources: dict[str, str]) -> None:
+        self.name = rule
+        self.threads = int(resources.get("_cores", 1))
+        self.resources = _Resources({key: int(value) if value.isdigit() else value for key, value in resources.items()})
+
+
+def _partitions_chosen(workdir: Path, *config_files: str) -> dict[str, set[str]]:
+    """Dry-run the SLURM profile and choose each job's partition as the plugin does at submission."""
+    from unittest import mock
+
+    from snakemake_executor_plugin_slurm.partitions import get_best_partition, read_partition_file
+
+    result = _snakemake(workdir, "-n", "--profile", "workflow/profiles/slurm", "--configfile", *config_files)
+    assert result.returncode == 0, result.stderr[-3000:]
+    partitions = read_partition_file(workdir / "workflow" / "profiles" / "slurm" / "partitions.yaml")
+    chosen: dict[str, set[str]] = {}
+    for rule in ("train_model", "export_tensors", "extract_image_features", "score_alignments"):
+        for resources in _job_resources(result.stdout, rule):
+            chosen.setdefault(rule, set()).add(get_best_partition(partitions, _Job(rule, resources), mock.Mock()))
+    return chosen
+
+
+def test_slurm_gpu_jobs_go_to_gpu_partition(workdir):
+    chosen = _partitions_chosen(workdir, "config/demo/params.yaml", "gpu.yaml")
+    assert chosen["train_model"] == {"gpu"}
+    assert chosen["export_tensors"] == {"gpu"}
+    assert chosen["extract_image_features"] == {"gpu"}
+    assert chosen["score_alignments"] == {"cpu"}
+
+
+def test_slurm_cpu_training_stays_on_cpu(workdir):
+    # The demo trains with train.device: cpu, so its jobs request no GPU.
+    chosen = _partitions_chosen(workdir, "config/demo/params.yaml")
+    assert chosen["train_model"] == {"cpu"}
+    assert chosen["export_tensors"] == {"cpu"}
 
 
 def test_cpu_runs_request_no_gpu(workdir):
@@ -100,3 +143,14 @@ def test_dry_run_writes_nothing(workdir):
     result = _snakemake(workdir, "-n", "--cores", "1", "--configfile", "config/test/params.yaml")
     assert result.returncode == 0, result.stderr[-3000:]
     assert not (workdir / "results" / "test-tiny").exists()
+
+
+def test_slurm_profile_uses_partition_file(project_root):
+    import yaml
+
+    profile = yaml.safe_load((project_root / "workflow" / "profiles" / "slurm" / "config.yaml").read_text())
+    assert (project_root / profile["slurm-partition-config"]).is_file()
+    # A fixed partition would override the choice by resources.
+    assert "slurm_partition" not in profile.get("default-resources", {})
+    for resources in profile.get("set-resources", {}).values():
+        assert "slurm_partition" not in resources
