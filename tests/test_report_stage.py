@@ -203,7 +203,8 @@ def _write_shared(paths: RunPaths, root: Path) -> None:
     write_json_atomic(
         paths.pairs_summary,
         {"vectors_source": "self-trained", "tagger": "pattern", "threshold": 0.5,
-         "captions_read": 3, "dropped": {"oov_noun": 1, "no_nouns": 2}},
+         "captions_read": 3, "dropped": {"oov_noun": 1, "no_nouns": 2},
+         "frames": {"convention": "paper", "window": 512}},
     )  # fmt: skip
 
     image_dir = root / "images"
@@ -333,6 +334,8 @@ def test_stage_report_contents(reported):
     assert "| skipped.missing_wav | 2 |" in report
     assert "| dropped.oov_noun | 1 |" in report
     assert "| items with status truncated | 1 |" in report
+    assert "| frames.window | 512 |" not in report  # a setting, not a count
+    assert "these recalls use pools of 3 test pairs, and the paper's use pools of 1,000 (chance 0.010)" in report
     chance = (
         ": pooled recall@10 1.0000 (pools: 1, pool size: 3); full-set recall@10 over 3 test pairs "
         "1.0000 speech→image, 1.0000 image→speech."

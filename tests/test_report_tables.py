@@ -161,10 +161,19 @@ def test_display_table2_format(table2):
     assert display.iloc[1]["AS_obj"] == tables.MISSING
 
 
+def test_table1_parameter_difference_uses_width_one():
+    narrow = {**TRAIN_METRICS, "cnn0_sisa": {**TRAIN_METRICS["cnn0_sisa"], "parameters": 437_328}}
+    row = tables.build_table1(["cnn0_sisa"], narrow, RETRIEVAL).iloc[0]
+    assert row["parameters"] == 437_328
+    # 11,082,368 (width 1.0) - 11,072,128 (published), not the trained width's count.
+    assert row["parameters_diff"] == 10_240
+
+
 def test_display_table1_format(table1):
     display = tables.display_table1(table1)
     first = display.iloc[0]
     assert first["Params"] == "11,082,368"
+    assert first["Params width 1"] == "11,082,368"
     assert first["Params Δ"] == "+10,240"
     assert first["S→I Δ"] == "+0.011"
     assert first["I→S Δ"] == "-0.037"
@@ -182,7 +191,7 @@ def test_markdown_table(table1):
     lines = text.strip().splitlines()
     assert len(lines) == 2 + 2  # header, alignment row, two variants
     header = [cell.strip() for cell in lines[0].strip("|").split("|")]
-    assert header[:3] == ["Model", "Params", "Params paper"]
+    assert header[:4] == ["Model", "Params", "Params width 1", "Params paper"]
     alignment = [cell.strip() for cell in lines[1].strip("|").split("|")]
     assert alignment[0] == ":---"
     assert set(alignment[1:]) == {"---:"}

@@ -49,6 +49,14 @@ def flatten_counts(data: Any, prefix: str = "", limit: int | None = MAX_LISTED_C
     return lines
 
 
+# Top-level metadata entries that record settings (the frame window), not counts.
+SETTINGS_ENTRIES = ("frames", "params")
+
+
+def _counts_only(metadata: Mapping[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in metadata.items() if key not in SETTINGS_ENTRIES}
+
+
 def _feature_status_counts(index_paths: Sequence[Path]) -> list[tuple[str, str]]:
     """Count feature items by ``status`` over the shard indexes, plus the shards without a readable index.
 
@@ -93,12 +101,12 @@ def collect_skip_counts(paths: RunPaths, state: ReportState) -> dict[str, list]:
     for label, path in (("manifest", paths.manifest), ("images manifest", paths.images), ("nouns", paths.nouns)):
         metadata = _read_metadata(path, state)
         if metadata is not None:
-            counts[label] = flatten_counts(metadata)
+            counts[label] = flatten_counts(_counts_only(metadata))
     # The manifest stage stores the same counts in both of its files; list them once.
     if counts.get("images manifest") == counts.get("manifest"):
         counts.pop("images manifest", None)
     if state.pairs_summary is not None:
-        counts["pairs"] = flatten_counts(state.pairs_summary)
+        counts["pairs"] = flatten_counts(_counts_only(state.pairs_summary))
     counts["audio features"] = _feature_status_counts([paths.audio_index(shard) for shard in paths.audio_shard_names])
     counts["image features"] = _feature_status_counts([paths.image_index(shard) for shard in paths.image_shard_names])
     for variant, metrics in state.train_metrics.items():
@@ -218,6 +226,21 @@ def _chance_lines(table1: pd.DataFrame) -> list[str]:
     return [f"- {', '.join(models)}: {line}." for line, models in lines.items()]
 
 
+def _pool_size_note(table1: pd.DataFrame) -> list[str]:
+    """Warn when the recall pools differ from the paper's, which makes the R@10 Δ columns incomparable."""
+    sizes = sorted({int(size) for size in table1["pool_size"].dropna()} - {published.PAPER_POOL_SIZE})
+    if not sizes:
+        return []
+    listed = ", ".join(f"{size:,}" for size in sizes)
+    return [
+        f"> **Note:** these recalls use pools of {listed} test pairs, and the paper's use pools of "
+        f"{published.PAPER_POOL_SIZE:,} (chance {10 / published.PAPER_POOL_SIZE:.3f}). Chance and difficulty depend on the pool "
+        "size, so the R@10 Δ columns do not compare like with like. They do when the test split has at least "
+        f"{published.PAPER_POOL_SIZE:,} pairs and `train.recall_pool_size` is {published.PAPER_POOL_SIZE:,}.",
+        "",
+    ]
+
+
 def _fits_markdown(fits: pd.DataFrame) -> str:
     pivot = fits.pivot_table(index=["metric", "x"], columns="source", values="slope", aggfunc="first", dropna=False)
     display = pd.DataFrame(
@@ -266,10 +289,13 @@ def compose_report(
 
     lines += ["## Table 1: model size and retrieval", "", table_markdown[1]]
     lines += [
-        "Recall@10 is the mean over pools of test pairs, as in the authors' code; "
+        "Recall@10 is the mean over pools of test pairs, as in the authors' code. "
         "\"paper\" columns are the published values and Δ is ours minus the paper's. "
+        "Params counts the trained model and \"Params width 1\" the same variant with the paper's layer sizes "
+        "(`models.width: 1.0`), which is the count that Params Δ compares with the published one. "
         f"Files: [CSV]({_link(paths.table(1, 'csv'), report)}), [LaTeX]({_link(paths.table(1, 'tex'), report)}).",
         "",
+        *_pool_size_note(table1),
         "Chance levels:",
         "",
         *_chance_lines(table1),

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 METRICS = ("as_object", "as_word", "gs_object", "gs_word")
 
+# Pool size of the authors' recall protocol: recall@10 is the mean over 100 pools of 1,000 test pairs.
+PAPER_POOL_SIZE = 1000
+
 # Table 1 of the paper: parameter count, frames of T for 5.12 s of speech, and
-# recall@10 with the authors' pooled protocol (mean over 100 pools of 1,000 test pairs).
+# recall@10 with the pooled protocol above.
 TABLE1 = {
     "cnn0_sisa": {"parameters": 11_072_128, "t_frames": 64, "r10_s2i": 0.489, "r10_i2s": 0.487},
     "cnn0_misa": {"parameters": 11_072_128, "t_frames": 64, "r10_s2i": 0.436, "r10_i2s": 0.305},

@@ -102,7 +102,9 @@ def build_table1(
             "t_frames": _value(training, "t_frames"),
             "t_frames_paper": float(paper.get("t_frames", math.nan)),
         }
-        row["parameters_diff"] = _difference(row["parameters"], row["parameters_paper"])
+        # The published counts are for the paper's layer sizes, so the difference uses
+        # the count at models.width 1.0, whatever width this run trained.
+        row["parameters_diff"] = _difference(row["parameters_architecture"], row["parameters_paper"])
         for short, direction in DIRECTIONS.items():
             ours = _first_value(test, ("pooled", f"r10_{short}"), ("pooled", direction))
             row[f"r10_{short}"] = ours
@@ -133,6 +135,7 @@ def display_table1(table: pd.DataFrame) -> pd.DataFrame:
         row = {
             "Model": record["model"],
             "Params": format_integer(record["parameters"]),
+            "Params width 1": format_integer(record["parameters_architecture"]),
             "Params paper": format_integer(record["parameters_paper"]),
             "Params Δ": format_integer(record["parameters_diff"], signed=True),
             "T": format_integer(record["t_frames"]),
