@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import re
 
 import numpy as np
 import pandas as pd
@@ -106,10 +108,12 @@ def make_tensors(seed: int = 0) -> dict[str, np.ndarray]:
     }
 
 
-def write_tensors(path, tensors, convention="paper") -> None:
+def write_tensors(path, tensors, convention="paper", window=512) -> None:
     images = [key[0] for key in TENSOR_KEYS]
     captions = [key[1] for key in TENSOR_KEYS]
-    with TensorWriter(path, "cnnatt_v0", "float16", (14, 14), 64, rows_per_group=5, frames_convention=convention) as w:
+    with TensorWriter(
+        path, "cnnatt_v0", "float16", (14, 14), 64, rows_per_group=5, frames_convention=convention, window=window
+    ) as w:
         for kind, values in tensors.items():
             w.write(images, captions, kind, values)
 
@@ -440,3 +444,113 @@ def test_external_convention_from_pairs_metadata(run_setup, tmp_path):
     write_parquet_atomic(paths.pairs, pairs_table(), metadata={"frames": {"convention": "released_code"}})
     with pytest.raises(ScoringInputError, match="frames convention 'paper'.*'released_code'"):
         score_external(paths.tensors("cnnatt_v0"), paths.pairs, paths.masks, tmp_path / "out", ["paper"], 0)
+
+
+def test_window_mismatch_rejected(run_setup):
+    params, paths, tensors = run_setup
+    write_tensors(paths.tensors("cnnatt_v0"), tensors, window=1024)
+    expected = (
+        f"tensor file {paths.tensors('cnnatt_v0')} was exported with window 1024, but the pairs use window 512 "
+        f"(frames.window), so word frames would not line up with T. Export the tensors again with window 512, "
+        f"or build the pairs with frames.window 1024."
+    )
+    with pytest.raises(ScoringInputError, match=re.escape(expected)):
+        run(params, paths, "cnnatt_v0")
+
+
+def test_external_window_from_pairs_metadata(run_setup, tmp_path):
+    _, paths, tensors = run_setup
+    frames = {"convention": "paper", "crossing_words": "clip", "window": 512}
+    write_parquet_atomic(paths.pairs, pairs_table(), metadata={"frames": frames})
+    write_tensors(paths.tensors("cnnatt_v0"), tensors, window=1024)
+    with pytest.raises(ScoringInputError, match="exported with window 1024, but the pairs use window 512"):
+        score_external(paths.tensors("cnnatt_v0"), paths.pairs, paths.masks, tmp_path / "out", ["paper"], 0)
+    assert not (tmp_path / "out").exists()
+
+
+def test_external_default_window_mismatch(run_setup, tmp_path):
+    """A file without metadata gets the default window 512, which must match the pairs' window too."""
+    _, paths, _ = run_setup
+    frames = {"convention": "paper", "crossing_words": "clip", "window": 1024}
+    write_parquet_atomic(paths.pairs, pairs_table(), metadata={"frames": frames})
+    table = pq.read_table(paths.tensors("cnnatt_v0"))
+    pq.write_table(table.replace_schema_metadata({}), paths.tensors("cnnatt_v0"))
+    expected = "records no window, so the default 512 applies, but the pairs use window 1024"
+    with pytest.raises(ScoringInputError, match=expected):
+        score_external(paths.tensors("cnnatt_v0"), paths.pairs, paths.masks, tmp_path / "out", ["paper"], 0)
+
+
+def test_external_matching_window_scored(run_setup, tmp_path):
+    _, paths, _ = run_setup
+    frames = {"convention": "paper", "crossing_words": "clip", "window": 512}
+    write_parquet_atomic(paths.pairs, pairs_table(), metadata={"frames": frames})
+    summary = score_external(paths.tensors("cnnatt_v0"), paths.pairs, paths.masks, tmp_path / "out", ["paper"], 0)
+    assert sorted(summary["paper"]) == ["baseline", "raw", "softmax"]
+
+
+def test_nonpositive_rows_warned_once(run_setup, caplog):
+    params, paths, tensors = run_setup
+    shifted = dict(tensors, raw=(-np.abs(tensors["raw"].astype(np.float32)) - 1).astype(np.float16))
+    write_tensors(paths.tensors("cnnatt_v0"), shifted)
+    with caplog.at_level(logging.WARNING):
+        run(params, paths, "cnnatt_v0")
+    warnings = [record.getMessage() for record in caplog.records if "no value above 0" in record.getMessage()]
+    # Captions 10, 20 and 30 have pairs to score; image 5's caption 50 has none.
+    assert warnings == [
+        "3 scored tensor rows (raw: 3) have no value above 0: scoring clips negative values of T to 0, so "
+        "these rows score as uniform attention. If the export shifted the similarities below 0, export "
+        "them without the shift."
+    ]
+    assert read_parquet_metadata(paths.scores("cnnatt_v0"))["counts"]["nonpositive_tensor_rows"] == {"raw": 3}
+
+    # Clipped to all zeros, T gives the uniform scores: the mask's share of the image, the word's of the window.
+    scores = pd.read_parquet(paths.scores("cnnatt_v0"))
+    pair = scores[(scores["pair_id"] == 0) & (scores["convention"] == "paper") & (scores["kind"] == "raw")].iloc[0]
+    assert pair["as_object"] == pytest.approx(90 * 130 / 224**2)
+    assert pair["gs_object"] == pytest.approx(90 * 130 / 224**2)
+    assert pair["as_word"] == pytest.approx(30 / 512)
+    assert pair["gs_word"] == pytest.approx(30 / 512)
+
+
+def test_raw_and_one_softmax_kind_warns(run_setup, tmp_path, caplog):
+    _, paths, tensors = run_setup
+    path = tmp_path / "partial.parquet"
+    write_tensors(path, {"raw": tensors["raw"], "softmax_space": tensors["softmax_space"]})
+    with caplog.at_level(logging.WARNING):
+        summary = score_external(path, paths.pairs, paths.masks, tmp_path / "out", ["paper"], 0)
+    assert sorted(summary["paper"]) == ["baseline", "raw"]
+    warnings = [record.getMessage() for record in caplog.records if record.name == "vgsalign.scoring.stage"]
+    assert (
+        f"tensor file {path} has softmax_space tensors but no softmax_time tensors, and the softmax scores need "
+        f"both, so its softmax_space rows are ignored and only raw is scored. Add the softmax_time rows to get "
+        f"the softmax scores."
+    ) in warnings
+
+
+@pytest.mark.parametrize("kind, missing", [("softmax_space", "softmax_time"), ("softmax_time", "softmax_space")])
+def test_one_softmax_kind_alone_rejected(run_setup, tmp_path, kind, missing):
+    _, paths, tensors = run_setup
+    path = tmp_path / "partial.parquet"
+    write_tensors(path, {kind: tensors[kind]})
+    expected = (
+        f"tensor file {path} has only {kind} tensors, so nothing can be scored: the softmax scores need "
+        f"softmax_space and softmax_time, and it has no {missing} rows. Add those rows, or raw rows."
+    )
+    with pytest.raises(ScoringInputError, match=re.escape(expected)):
+        score_external(path, paths.pairs, paths.masks, tmp_path / "out", ["paper"], 0)
+
+
+def test_missing_metadata_warned_once(run_setup, tmp_path, caplog):
+    _, paths, _ = run_setup
+    table = pq.read_table(paths.tensors("cnnatt_v0"))
+    pq.write_table(table.replace_schema_metadata({}), paths.tensors("cnnatt_v0"))
+    with caplog.at_level(logging.WARNING):
+        score_external(paths.tensors("cnnatt_v0"), paths.pairs, paths.masks, tmp_path / "out", ["paper"], 0)
+    warnings = [record for record in caplog.records if "has no 'vgsalign' metadata" in record.getMessage()]
+    assert len(warnings) == 1
+
+
+def test_external_repeated_convention_rejected(run_setup, tmp_path):
+    _, paths, _ = run_setup
+    with pytest.raises(ValueError, match="scoring conventions given twice: paper. List each convention once."):
+        score_external(paths.tensors("cnnatt_v0"), paths.pairs, paths.masks, tmp_path / "out", ["paper", "paper"], 0)

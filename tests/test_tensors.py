@@ -236,3 +236,40 @@ def test_docstring_example_runs(tmp_path, monkeypatch):
     assert metadata["format_version"] == 1
     (group,) = iter_tensor_batches(tmp_path / "my_model.parquet")
     assert group["raw"].image_ids.tolist() == [139, 285]
+
+
+@pytest.mark.parametrize("column", ["image_id", "caption_id"])
+def test_read_rejects_string_ids(tmp_path, column):
+    table = plain_table(random_tensors(2).astype(np.float32))
+    position = table.schema.get_field_index(column)
+    table = table.set_column(position, column, table.column(column).cast(pa.string()))
+    path = tmp_path / "ids.parquet"
+    pq.write_table(table, path)
+    expected = f"column '{column}' of {path} has type string; write the COCO ids as int64"
+    with pytest.raises(TensorFormatError, match=re.escape(expected)):
+        read_tensor_info(path)
+
+
+@pytest.mark.parametrize("id_type", [pa.int32(), pa.int64(), pa.float64()])
+def test_read_accepts_numeric_ids(tmp_path, id_type):
+    table = plain_table(random_tensors(2).astype(np.float32))
+    for column in ("image_id", "caption_id"):
+        position = table.schema.get_field_index(column)
+        table = table.set_column(position, column, table.column(column).cast(id_type))
+    path = tmp_path / "ids.parquet"
+    pq.write_table(table, path)
+    (group,) = iter_tensor_batches(path)
+    assert group["raw"].image_ids.tolist() == [1, 2]
+    assert group["raw"].caption_ids.tolist() == [10, 20]
+
+
+@pytest.mark.parametrize("column", ["grid_h", "grid_w", "frames"])
+def test_read_rejects_string_shape_column(tmp_path, column):
+    table = plain_table(random_tensors(2).astype(np.float32))
+    position = table.schema.get_field_index(column)
+    table = table.set_column(position, column, table.column(column).cast(pa.string()))
+    path = tmp_path / "shape.parquet"
+    pq.write_table(table, path)
+    expected = f"column '{column}' of {path} has type string; write it as an integer column (int32)"
+    with pytest.raises(TensorFormatError, match=re.escape(expected)):
+        read_tensor_info(path)

@@ -17,15 +17,16 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import math
 import os
 import sys
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import yaml
 
-from vgsalign.config import ParamsError, load_params
+from vgsalign.config import ParamsError, load_params, load_schema, read_yaml
 from vgsalign.io import OutputPathError, ensure_dir, setup_logging
 from vgsalign.layout import RunPaths
 from vgsalign.workflow import STAGES, Stage, wildcard_values
@@ -43,18 +44,46 @@ def _add_params_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be greater than 0, got {text}")
-    return value
+def positive_number(name: str, maximum: float = math.inf) -> Callable[[str], float]:
+    """Return an argparse type that parses a number in (0, ``maximum``], naming ``name`` in its error."""
+    expected = "a positive number" + (f" of at most {maximum:g}" if math.isfinite(maximum) else "")
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not (0 < value <= maximum) or not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"invalid {name} {text!r}: expected {expected}")
+        return value
+
+    return parse
 
 
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
-    return value
+def non_negative_integer(name: str) -> Callable[[str], int]:
+    """Return an argparse type that parses an integer of 0 or more, naming ``name`` in its error."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = -1
+        if value < 0:
+            raise argparse.ArgumentTypeError(f"invalid {name} {text!r}: expected an integer of 0 or more")
+        return value
+
+    return parse
+
+
+class UniqueChoices(argparse.Action):
+    """Store the values of a ``nargs="+"`` option, rejecting a value given twice."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        repeated = sorted({value for value in values if values.count(value) > 1})
+        if repeated:
+            given = ", ".join(map(repr, repeated))
+            parser.error(f"argument {option_string}: {given} given twice (list each value once)")
+        setattr(namespace, self.dest, list(values))
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -74,8 +103,13 @@ def _build_parser() -> argparse.ArgumentParser:
         sub.set_defaults(stage=stage)
 
     describe = commands.add_parser("describe", help="print each variant's parameter count beside the paper's")
+    # The same bound as models.width in the parameter schema. Widths such as 1e30 overflow torch's tensor sizes.
+    max_width = load_schema()["properties"]["models"]["properties"]["width"]["maximum"]
     describe.add_argument(
-        "--width", type=_positive_float, default=1.0, help="filter-count multiplier (1.0 = paper)"
+        "--width",
+        type=positive_number("width", max_width),
+        default=1.0,
+        help=f"filter-count multiplier, at most {max_width:g} (1.0 = paper)",
     )
 
     score = commands.add_parser(
@@ -84,18 +118,27 @@ def _build_parser() -> argparse.ArgumentParser:
     score.add_argument("tensors", help="Parquet file of alignment tensors (format: README, 'Scoring other models' alignment tensors')")
     score.add_argument("--pairs", required=True, help="pairs.parquet of the word-object pairs")
     score.add_argument("--masks", required=True, help="masks.parquet of the test-image masks")
-    score.add_argument("--out", required=True, help="output folder for pairs.parquet and summary.json")
+    score.add_argument(
+        "--out",
+        required=True,
+        help="output folder, created if missing; gets pairs.parquet (per-pair scores), summary.json "
+        "(totals with bootstrap intervals) and confusion.parquet",
+    )
     score.add_argument(
         "--conventions",
         nargs="+",
         default=["paper", "released_code"],
         choices=["paper", "released_code"],
-        help="scoring conventions to compute",
+        action=UniqueChoices,
+        help="scoring conventions to compute, each at most once",
     )
     score.add_argument(
-        "--bootstrap", type=_non_negative_int, default=1000, help="bootstrap resamples for the intervals (0: none)"
+        "--bootstrap",
+        type=non_negative_integer("resample count"),
+        default=1000,
+        help="bootstrap resamples for the intervals (0: none)",
     )
-    score.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
+    score.add_argument("--seed", type=non_negative_integer("seed"), default=0, help="seed of the bootstrap (0 or more)")
 
     check = commands.add_parser("check-params", help="validate parameter files and print the merged result")
     check.add_argument("files", nargs="+", help="parameter files merged in order")
@@ -152,6 +195,34 @@ def _score_tensors(args: argparse.Namespace) -> None:
     )
 
 
+def _overlay_hint(files: Sequence[str]) -> str | None:
+    """Return a hint when the first of ``files`` lacks top-level parameters, as a run configuration does."""
+    try:
+        first = read_yaml(files[0])
+    except ParamsError:
+        return None
+    missing = [key for key in load_schema().get("required", []) if key not in first]
+    if not missing:
+        return None
+    return (
+        f"hint: {files[0]} is not a complete parameter file (it lacks {', '.join(missing[:3])}"
+        f"{', ...' if len(missing) > 3 else ''}). A run configuration only overrides the root params.yaml, "
+        f"so give it after that file: vgsalign check-params params.yaml {' '.join(files)}"
+    )
+
+
+def _check_params(files: Sequence[str]) -> None:
+    """Print the merged parameters of ``files``, or raise ParamsError, with a hint for a lone run configuration."""
+    try:
+        params = load_params(files)
+    except ParamsError as error:
+        hint = _overlay_hint(files)
+        if hint is None:
+            raise
+        raise ParamsError(f"{error}\n{hint}") from error
+    print(yaml.safe_dump(params, sort_keys=False), end="")
+
+
 def _command_inputs(args: argparse.Namespace) -> tuple[list[str], RunPaths | None]:
     """Return the input files of the command in ``args`` and the run's paths, for error messages."""
     if hasattr(args, "stage"):
@@ -166,6 +237,13 @@ def _command_inputs(args: argparse.Namespace) -> tuple[list[str], RunPaths | Non
     if args.command == "score-tensors":
         return [args.tensors, args.pairs, args.masks], None
     return [], None
+
+
+def _parquet_inputs(args: argparse.Namespace) -> list[str]:
+    """Return the inputs of the command in ``args`` that are Parquet files whatever their file name."""
+    if args.command == "score-tensors":
+        return [args.tensors, args.pairs, args.masks]
+    return []
 
 
 def _report_error(args: argparse.Namespace, message: str, details: str = "") -> None:
@@ -190,7 +268,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "score-tensors":
             _score_tensors(args)
         elif args.command == "check-params":
-            print(yaml.safe_dump(load_params(args.files), sort_keys=False), end="")
+            _check_params(args.files)
         elif args.command == "dvc-yaml":
             from vgsalign.dvc import dvc_yaml_path, render_dvc_yaml
             from vgsalign.io import write_text_atomic
@@ -205,7 +283,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from vgsalign.errors import input_error_message
 
         inputs, paths = _command_inputs(args)
-        message = input_error_message(error, inputs, paths)
+        message = input_error_message(error, inputs, paths, parquet_inputs=_parquet_inputs(args))
         trace = traceback.format_exc()
         if message is None or os.environ.get("VGSALIGN_TRACEBACK"):
             _report_error(args, f"{type(error).__name__}: {error}", trace)

@@ -26,11 +26,15 @@ def _rebuild_hint(path: str, paths: RunPaths | None) -> str:
     return f"Rebuild it with `snakemake -R {producer}` and the same options"
 
 
-def corrupt_parquet_inputs(inputs: Sequence[str]) -> list[tuple[str, str]]:
-    """Return (path, reason) for each existing ``.parquet`` input whose footer cannot be read."""
+def corrupt_parquet_inputs(inputs: Sequence[str], parquet_inputs: Sequence[str] = ()) -> list[tuple[str, str]]:
+    """Return (path, reason) for each existing Parquet input whose footer cannot be read.
+
+    The inputs named ``.parquet`` are checked, and those of ``parquet_inputs``
+    whatever their name.
+    """
     corrupt = []
-    for path in inputs:
-        if not path.endswith(".parquet") or not Path(path).is_file():
+    for path in dict.fromkeys([*inputs, *parquet_inputs]):
+        if not (path.endswith(".parquet") or path in parquet_inputs) or not Path(path).is_file():
             continue
         try:
             pq.read_metadata(path)
@@ -39,10 +43,15 @@ def corrupt_parquet_inputs(inputs: Sequence[str]) -> list[tuple[str, str]]:
     return corrupt
 
 
-def input_error_message(error: BaseException, inputs: Sequence[str], paths: RunPaths | None) -> str | None:
-    """Return a one-line message for an error about the inputs, or None when ``error`` is a bug."""
+def input_error_message(
+    error: BaseException, inputs: Sequence[str], paths: RunPaths | None, parquet_inputs: Sequence[str] = ()
+) -> str | None:
+    """Return a one-line message for an error about the inputs, or None when ``error`` is a bug.
+
+    ``parquet_inputs`` are inputs that must be Parquet files even when their name does not end in ``.parquet``.
+    """
     if isinstance(error, pyarrow.ArrowException):
-        corrupt = corrupt_parquet_inputs(inputs)
+        corrupt = corrupt_parquet_inputs(inputs, parquet_inputs)
         if not corrupt:
             return None
         path, reason = corrupt[0]

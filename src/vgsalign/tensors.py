@@ -24,10 +24,22 @@ cell (h, w, f) stands for 16 x 16 pixels and 8 frames when T is 14 x 14 x 64.
 Every row of a file has the same H, W and F. A plain ``list`` column instead of
 ``fixed_size_list`` is accepted when every list has H * W * F values.
 
+Other integer types are accepted for the id and shape columns, and float64
+for the ids. The softmax scores read both softmax kinds, so a file with only
+one of ``softmax_space`` and ``softmax_time`` is scored on its ``raw`` rows
+alone, with a warning, and rejected when it has no ``raw`` rows.
+
 File metadata (optional for external files) is a JSON object stored under the
 schema metadata key ``vgsalign``: ``format_version`` (1), ``window`` (input
-frames, default 512) and ``frames_convention`` (``paper`` or ``released_code``,
-which must match the frame intervals of the pairs file when both are known).
+frames, default 512) and ``frames_convention`` (``paper`` or ``released_code``).
+When the pairs file records its frames (``window`` and ``convention``), both
+must match it, because the word frame intervals are counted in that window.
+
+Values of T: scoring clips negative values to 0, as the alignment scores of
+Khorrami & Räsänen (2021) do, so only the positive part of T counts. Export
+similarities as they are, without shifting them below 0. A row with no
+positive value scores as uniform attention, and the scorer logs one warning
+that counts such rows.
 
 Validation when reading: a NaN or infinite value raises TensorValueError that
 names the image_id and caption_id; a row whose grid or length differs from the
@@ -344,6 +356,18 @@ def _check_columns(path: Path, schema: pa.Schema) -> None:
         raise TensorFormatError(
             f"column 'tensor' of {path} contains {value_type} values; write float16 or float32 values"
         )
+    for name in ID_COLUMNS:
+        id_type = schema.field(name).type
+        if not (pa.types.is_integer(id_type) or pa.types.is_floating(id_type)):
+            raise TensorFormatError(
+                f"column '{name}' of {path} has type {id_type}; write the COCO ids as int64"
+            )
+    for name in SHAPE_COLUMNS:
+        shape_type = schema.field(name).type
+        if not pa.types.is_integer(shape_type):
+            raise TensorFormatError(
+                f"column '{name}' of {path} has type {shape_type}; write it as an integer column (int32)"
+            )
 
 
 def read_tensor_info(path: str | os.PathLike) -> TensorFileInfo:

@@ -19,7 +19,13 @@ Rules for bad input (counts go to the summary and the Parquet metadata):
   counted (``duplicate_tensor_rows``);
 - NaN or infinite values in a tensor: TensorValueError naming the pair;
 - a row whose shape differs from the file's: TensorFormatError naming the row;
-- an all-zero tensor is valid: the uniform rule of the scores applies.
+- an all-zero tensor is valid: the uniform rule of the scores applies. Negative
+  values are clipped to 0, so a row with no positive value also scores as
+  uniform attention; one warning counts such rows;
+- a tensor file whose frames convention or window differs from the pairs':
+  ScoringInputError naming both values;
+- a file with only one of the two softmax kinds: a warning when its raw rows
+  are scored without them, ScoringInputError when nothing else can be scored.
 """
 
 from __future__ import annotations
@@ -40,7 +46,14 @@ from vgsalign.scoring.baseline import baseline_geometry, random_tensor_batches
 from vgsalign.scoring.bootstrap import summarise_scores
 from vgsalign.scoring.confusion import empty_confusion
 from vgsalign.scoring.engine import CONVENTIONS, MASK_COLUMNS, METRICS, Geometry
-from vgsalign.scoring.stream import MaskStore, PairScorer, ScoringInputError, build_mask_store, score_stream
+from vgsalign.scoring.stream import (
+    KIND_SOURCES,
+    MaskStore,
+    PairScorer,
+    ScoringInputError,
+    build_mask_store,
+    score_stream,
+)
 from vgsalign.tensors import TensorFileInfo, TensorFormatError, iter_tensor_batches, read_tensor_info
 
 logger = logging.getLogger(__name__)
@@ -111,6 +124,12 @@ def tensor_geometry(tensor_file: str | os.PathLike) -> tuple[TensorFileInfo, Geo
     Raises TensorFormatError for a file without rows or a grid finer than the 224 x 224 masks.
     """
     info = read_tensor_info(tensor_file)
+    return info, geometry_of(info)
+
+
+def geometry_of(info: TensorFileInfo) -> Geometry:
+    """Return the geometry of the T in a tensor file, raising TensorFormatError as :func:`tensor_geometry`."""
+    tensor_file = info.path
     if info.num_rows == 0:
         raise TensorFormatError(f"tensor file {tensor_file} contains no tensors. Rerun the export stage.")
     geometry = Geometry(info.grid[0], info.grid[1], info.frames, window=info.window)
@@ -119,7 +138,7 @@ def tensor_geometry(tensor_file: str | os.PathLike) -> tuple[TensorFileInfo, Geo
             f"tensor file {tensor_file} has a {info.grid[0]} x {info.grid[1]} grid, finer than the "
             f"{geometry.image_h} x {geometry.image_w} masks; export T at most at the mask resolution"
         )
-    return info, geometry
+    return geometry
 
 
 # -- results ----------------------------------------------------------------------
@@ -166,6 +185,7 @@ def _counts_metadata(scorer: PairScorer) -> dict[str, Any]:
         "tensor_rows": dict(scorer.counts.tensor_rows),
         "tensor_rows_without_pairs": dict(scorer.counts.tensor_rows_without_pairs),
         "duplicate_tensor_rows": dict(scorer.counts.duplicate_tensor_rows),
+        "nonpositive_tensor_rows": dict(scorer.counts.nonpositive_tensor_rows),
         "pairs": len(scorer.pairs),
     }
 
@@ -173,22 +193,84 @@ def _counts_metadata(scorer: PairScorer) -> dict[str, Any]:
 # -- entry points -----------------------------------------------------------------
 
 
-def _pairs_frames_convention(pairs_file: Path) -> str | None:
-    """Return the frames convention recorded in the pairs file's metadata, or None when absent."""
+def _pairs_frames(pairs_file: Path) -> tuple[str | None, int | None]:
+    """Return the frames convention and window recorded in the pairs file's metadata (None when absent)."""
     metadata = read_parquet_metadata(pairs_file)
-    if metadata.get("frames_convention"):
-        return metadata["frames_convention"]
     frames = metadata.get("frames")
-    return frames.get("convention") if isinstance(frames, Mapping) else None
+    frames = frames if isinstance(frames, Mapping) else {}
+    convention = metadata.get("frames_convention") or frames.get("convention")
+    window = frames.get("window")
+    return convention, int(window) if window is not None else None
 
 
-def _check_frames_convention(tensor_convention: str | None, pairs_convention: str | None, tensor_file: Path) -> None:
+def _check_frames(info: TensorFileInfo, pairs_convention: str | None, pairs_window: int | None) -> None:
+    """Raise ScoringInputError when the tensor file's frames convention or window differs from the pairs'."""
+    tensor_file = info.path
+    tensor_convention = info.frames_convention
     if tensor_convention and pairs_convention and tensor_convention != pairs_convention:
         raise ScoringInputError(
             f"tensor file {tensor_file} was exported with frames convention {tensor_convention!r}, but the "
             f"pairs use {pairs_convention!r}, so word frames would not line up with T. Export the tensors "
             f"and build the pairs with the same frames.convention."
         )
+    if pairs_window is not None and info.window != pairs_window:
+        # T spans the whole window, so in another window each time cell covers other frames.
+        if info.metadata.get("window"):
+            exported = f"was exported with window {info.window}"
+        else:
+            exported = f"records no window, so the default {info.window} applies"
+        raise ScoringInputError(
+            f"tensor file {tensor_file} {exported}, but the pairs use window {pairs_window} "
+            f"(frames.window), so word frames would not line up with T. Export the tensors again with "
+            f"window {pairs_window}, or build the pairs with frames.window {info.window}."
+        )
+
+
+def _source_kinds(output_kind: str) -> list[str]:
+    """Return the tensor kinds that one output kind ('raw' or 'softmax') reads, in KIND_SOURCES order."""
+    return list(dict.fromkeys(KIND_SOURCES[output_kind].values()))
+
+
+def _complete_output_kinds(info: TensorFileInfo) -> list[str]:
+    """Return the output kinds whose tensor kinds the file all has."""
+    return [output for output in KIND_SOURCES if set(_source_kinds(output)) <= set(info.kinds)]
+
+
+def _incomplete_kinds(info: TensorFileInfo) -> dict[str, tuple[list[str], list[str]]]:
+    """Return {output kind: (tensor kinds present, tensor kinds missing)} for output kinds the file has in part."""
+    incomplete = {}
+    for output_kind in KIND_SOURCES:
+        present = [kind for kind in _source_kinds(output_kind) if kind in info.kinds]
+        missing = [kind for kind in _source_kinds(output_kind) if kind not in info.kinds]
+        if present and missing:
+            incomplete[output_kind] = (present, missing)
+    return incomplete
+
+
+def _scored_tensor_kinds(info: TensorFileInfo) -> list[str]:
+    """Return the tensor kinds of the output kinds that the file has completely.
+
+    Raises ScoringInputError naming the missing kinds when no output kind is complete.
+    """
+    kinds = [kind for output in _complete_output_kinds(info) for kind in _source_kinds(output)]
+    if not kinds:
+        missing = "; ".join(
+            f"the {output_kind} scores need {' and '.join(_source_kinds(output_kind))}, and it has no "
+            f"{' or '.join(missing)} rows"
+            for output_kind, (_, missing) in _incomplete_kinds(info).items()
+        )
+        raise ScoringInputError(
+            f"tensor file {info.path} has only {' and '.join(info.kinds)} tensors, so nothing can be scored: "
+            f"{missing}. Add those rows, or raw rows."
+        )
+    return list(dict.fromkeys(kinds))
+
+
+def _check_tensor_file(info: TensorFileInfo, pairs_convention: str | None, pairs_window: int | None) -> list[str]:
+    """Check a tensor file against the pairs before scoring and return the tensor kinds to read."""
+    geometry_of(info)
+    _check_frames(info, pairs_convention, pairs_window)
+    return _scored_tensor_kinds(info)
 
 
 def score_tensor_file(
@@ -201,15 +283,33 @@ def score_tensor_file(
     seed: int,
     pairs_convention: str | None = None,
     store: MaskStore | None = None,
+    pairs_window: int | None = None,
+    info: TensorFileInfo | None = None,
 ) -> tuple[pd.DataFrame, dict[str, Any], pd.DataFrame, dict[str, Any]]:
     """Score one tensor file; return (per-pair scores, summary, confusion, metadata).
 
     ``store`` reuses mask counts made by :func:`build_mask_store` (with confusion)
-    for the file's geometry.
+    for the file's geometry. ``info`` reuses the file's description read by
+    :func:`vgsalign.tensors.read_tensor_info`. The pairs' frames convention and
+    window, when given, must match the file's.
     """
     tensor_file = Path(tensor_file)
-    info, geometry = tensor_geometry(tensor_file)
-    _check_frames_convention(info.frames_convention, pairs_convention, tensor_file)
+    info = info if info is not None else read_tensor_info(tensor_file)
+    geometry = geometry_of(info)
+    kinds = _check_tensor_file(info, pairs_convention, pairs_window)
+    for output_kind, (present, missing) in _incomplete_kinds(info).items():
+        logger.warning(
+            "tensor file %s has %s tensors but no %s tensors, and the %s scores need both, so its %s rows "
+            "are ignored and only %s is scored. Add the %s rows to get the %s scores.",
+            tensor_file,
+            " and ".join(present),
+            " or ".join(missing),
+            output_kind,
+            " and ".join(present),
+            " and ".join(_complete_output_kinds(info)),
+            " and ".join(missing),
+            output_kind,
+        )
     logger.info(
         "scoring %s: %d rows, kinds %s, T %s x %s x %s, window %d",
         tensor_file,
@@ -222,7 +322,7 @@ def score_tensor_file(
         store = build_mask_store(pairs, masks, geometry, conventions, confusion=True)
     elif store.geometry != geometry:
         raise ValueError(f"the mask store was built for {store.geometry}, but {tensor_file} has {geometry}")
-    batches = iter_tensor_batches(tensor_file, info=info)
+    batches = iter_tensor_batches(tensor_file, kinds=kinds, info=info)
     scorer = score_stream(batches, pairs, store, conventions, confusion=True, total=info.num_row_groups)
     scores, summary = collect_results(scorer, resamples, confidence, seed)
     confusion = scorer.confusion.to_frame() if scorer.confusion is not None else empty_confusion()
@@ -288,6 +388,7 @@ def run(params: Mapping[str, Any], paths: RunPaths, variant: str) -> None:
         scoring["confidence"],
         params["seed"],
         pairs_convention=params["frames"]["convention"],
+        pairs_window=params["frames"]["window"],
     )
     metadata.update(variant=variant, seed=params["seed"], scoring=dict(scoring))
     write_parquet_atomic(paths.scores(variant), scores, metadata=metadata)
@@ -328,11 +429,19 @@ def score_external(
     resolution, is scored on the same pairs and added as kind ``baseline``.
     Returns the summary.
     """
+    duplicated = sorted({convention for convention in conventions if list(conventions).count(convention) > 1})
+    if duplicated:
+        raise ValueError(f"scoring conventions given twice: {', '.join(duplicated)}. List each convention once.")
     out_dir = Path(out_dir)
+    tensor_file = Path(tensor_file)
     pairs_file = Path(pairs_file)
     pairs = load_pairs(pairs_file)
     masks = load_masks(masks_file, conventions)
-    _, geometry = tensor_geometry(tensor_file)
+    pairs_convention, pairs_window = _pairs_frames(pairs_file)
+    info = read_tensor_info(tensor_file)
+    # Checked before the mask pixel counts are built, so that a mismatch stops the command early.
+    _check_tensor_file(info, pairs_convention, pairs_window)
+    geometry = geometry_of(info)
     store = build_mask_store(pairs, masks, geometry, conventions, confusion=True)
     scores, summary, confusion, metadata = score_tensor_file(
         tensor_file,
@@ -342,8 +451,10 @@ def score_external(
         bootstrap_resamples,
         confidence,
         seed,
-        pairs_convention=_pairs_frames_convention(pairs_file),
+        pairs_convention=pairs_convention,
         store=store,
+        pairs_window=pairs_window,
+        info=info,
     )
     scored = pairs[pairs["pair_id"].isin(scores["pair_id"])]
     if scored.empty:

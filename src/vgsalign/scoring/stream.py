@@ -192,6 +192,8 @@ class StreamCounts:
     tensor_rows: Counter = field(default_factory=Counter)
     tensor_rows_without_pairs: Counter = field(default_factory=Counter)
     duplicate_tensor_rows: Counter = field(default_factory=Counter)
+    # Scored rows whose T has no value above 0, which score as uniform attention once clipped at 0.
+    nonpositive_tensor_rows: Counter = field(default_factory=Counter)
 
 
 class PairScorer:
@@ -280,6 +282,12 @@ class PairScorer:
             for kind, batch in batches.items()
             if len(matched[kind][0])
         }
+        for kind, tensors in prepared.items():
+            scored_rows = np.unique(matched[kind][1])
+            # The clipped values are >= 0, so a zero total means that no value of T was above 0.
+            nonpositive = int((tensors.pixel_totals[scored_rows].sum(axis=1) <= 0).sum())
+            if nonpositive:
+                self.counts.nonpositive_tensor_rows[kind] += nonpositive
         for convention in self.conventions:
             rows, image_masks = self.masks.load(images, convention, confusion=self.confusion is not None)
             for kind, (positions, tensor_rows) in matched.items():
@@ -409,7 +417,22 @@ def score_stream(
     scorer = PairScorer(pairs, store, store.geometry, conventions, confusion)
     for group in tqdm(batches, total=total, desc="scoring", unit="row group", leave=False):
         scorer.add(group)
+    _warn_nonpositive(scorer.counts)
     return scorer
+
+
+def _warn_nonpositive(counts: StreamCounts) -> None:
+    """Log one warning that counts the scored tensor rows with no value above 0, per kind."""
+    nonpositive = counts.nonpositive_tensor_rows
+    if not nonpositive:
+        return
+    logger.warning(
+        "%d scored tensor rows (%s) have no value above 0: scoring clips negative values of T to 0, so "
+        "these rows score as uniform attention. If the export shifted the similarities below 0, export "
+        "them without the shift.",
+        sum(nonpositive.values()),
+        ", ".join(f"{kind}: {number}" for kind, number in sorted(nonpositive.items())),
+    )
 
 
 def build_mask_store(
