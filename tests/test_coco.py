@@ -283,20 +283,26 @@ def test_read_instances_no_categories(tmp_path):
 def test_read_captions_unknown_image(tmp_path):
     path = tmp_path / "captions_x.json"
     data = {
-        "images": [{"id": 1, "height": 5, "width": 5}],
+        "images": [{"id": 1, "height": 5, "width": 5}, {"file_name": "no_id.jpg"}],
         "annotations": [
             {"id": 7, "image_id": 1, "caption": "A dog."},
             {"id": 3, "image_id": 1, "caption": "A cat."},
             {"id": 9, "image_id": 2, "caption": "Nobody."},
             {"id": 10, "image_id": 1},
+            {"id": 3, "image_id": 1, "caption": "A cat again."},
         ],
     }
     path.write_text(json.dumps(data))
     captions, counts = coco.read_captions(path)
     assert captions["caption_id"].tolist() == [3, 7]
-    assert captions["caption"].tolist() == ["A cat.", "A dog."]
+    assert captions["caption"].tolist() == ["A cat again.", "A dog."]  # the last caption of id 3 is kept
     assert counts["caption_unknown_image"] == 1
-    assert counts["malformed_annotation"] == 1
+    assert counts["caption_malformed"] == 1
+    assert counts["caption_duplicate_id"] == 1
+    assert counts["caption_file_malformed_image"] == 1
+    assert "malformed_annotation" not in counts  # that key is the instances file's
+    # Every caption of the file is returned or counted once.
+    assert len(captions) + sum(counts.values()) - counts["caption_file_malformed_image"] == len(data["annotations"])
 
 
 @pytest.mark.skipif(not COCO_TINY.is_dir(), reason="../shared/data/coco-tiny is not present")

@@ -280,3 +280,218 @@ def test_run_with_speechcoco_reader(tmp_path, monkeypatch):
     assert [(w["start_ms"], w["end_ms"]) for w in words] == [(100.0, 300.0), (300.0, 500.0), (500.0, 700.0), (700.0, 900.0)]
     assert rows.loc[10, "num_samples"] == 16000
     assert rows.loc[10, "sample_rate"] == 16000
+
+
+def _write_quirky_coco(root):
+    """COCO files with one case of each caption quirk; returns the number of caption annotations per split.
+
+    train2014: images 1-7 in the instances file, image 4 without a size, no JPEG
+    for image 3, two captions per image (ids 10 * image + k). The captions file
+    also lists image 999999 (not in the instances file), a caption of the unlisted
+    image 555, a caption without text and a second caption with id 10.
+    val2014: images 101 and 102 with three captions each.
+    """
+    (root / "annotations").mkdir(parents=True)
+    train_images = [{"id": i, "file_name": f"{i:012d}.jpg", "width": 64, "height": 48} for i in range(1, 8)]
+    train_images[3] = {"id": 4, "file_name": "000000000004.jpg"}
+    (root / "train2014").mkdir()
+    for image in train_images:
+        if image["id"] != 3:
+            (root / "train2014" / image["file_name"]).write_bytes(b"jpeg")
+    caption_images = [*train_images, {"id": 999999, "file_name": "000000999999.jpg", "width": 64, "height": 48}]
+    train_captions = [
+        {"id": image["id"] * 10 + k, "image_id": image["id"], "caption": f"a dog number {k}"}
+        for image in caption_images
+        for k in range(2)
+    ]
+    train_captions += [
+        {"id": 5551, "image_id": 555, "caption": "an unlisted image"},
+        {"id": 9001, "image_id": 1},
+        {"id": 10, "image_id": 1, "caption": "a dog again"},
+    ]
+    instances = {"images": train_images, "annotations": [], "categories": [{"id": 1, "name": "dog"}]}
+    (root / "annotations" / "instances_train2014.json").write_text(json.dumps(instances))
+    captions_file = {"images": caption_images, "annotations": train_captions}
+    (root / "annotations" / "captions_train2014.json").write_text(json.dumps(captions_file))
+
+    test_images = [{"id": i, "file_name": f"{i:012d}.jpg", "width": 64, "height": 48} for i in (101, 102)]
+    (root / "val2014").mkdir()
+    for image in test_images:
+        (root / "val2014" / image["file_name"]).write_bytes(b"jpeg")
+    test_captions = [
+        {"id": image["id"] * 10 + k, "image_id": image["id"], "caption": f"a cat number {k}"}
+        for image in test_images
+        for k in range(3)
+    ]
+    instances = {"images": test_images, "annotations": [], "categories": [{"id": 1, "name": "dog"}]}
+    (root / "annotations" / "instances_val2014.json").write_text(json.dumps(instances))
+    captions_file = {"images": test_images, "annotations": test_captions}
+    (root / "annotations" / "captions_val2014.json").write_text(json.dumps(captions_file))
+    return {"train2014": len(train_captions), "val2014": len(test_captions)}
+
+
+def test_run_counts_every_caption(tmp_path, monkeypatch):
+    root = tmp_path / "coco"
+    annotations = _write_quirky_coco(root)
+    # max_images 5 keeps the sized images 1, 2, 3, 5, 6. Speech: none for caption 21,
+    # caption 50 with image 6, caption 8888 not in the captions file, caption 11 twice,
+    # and speech for the captions of image 3, whose JPEG is missing.
+    train_speech = [(10, 1, ""), (11, 1, ""), (11, 1, "again"), (20, 2, ""), (30, 3, ""), (31, 3, "")]
+    train_speech += [(50, 6, ""), (51, 5, ""), (60, 6, ""), (61, 6, ""), (8888, 5, "")]
+    test_speech = [(image * 10 + k, image, "") for image in (101, 102) for k in range(3)]
+    speech = {"train2014": _speech_rows(train_speech), "val2014": _speech_rows(test_speech)}
+
+    def read_speech(params, paths, split, image_ids):
+        table = speech[split]
+        assert set(table["image_id"]) <= set(image_ids)
+        return table, {}
+
+    monkeypatch.setattr(manifest, "load_speech", read_speech)
+    monkeypatch.chdir(tmp_path)
+    params = load_params(
+        [PROJECT / "params.yaml"],
+        {"run": "unit", "data": {"coco_root": str(root), "max_images": 5, "val_fraction": 0.25}},
+    )
+    paths = RunPaths(params)
+    manifest.run(params, paths)
+
+    rows = pq.read_table(paths.manifest).to_pandas()
+    metadata = read_parquet_metadata(paths.manifest)
+    assert metadata["skips"]["train2014"] == {
+        "caption_duplicate_id": 1,
+        "caption_file_malformed_image": 0,
+        "caption_image_beyond_max_images": 2,
+        "caption_image_file_missing": 2,
+        "caption_image_not_in_instances": 2,
+        "caption_image_without_size": 2,
+        "caption_malformed": 1,
+        "caption_not_drawn_for_test": 0,
+        "caption_unknown_image": 1,
+        "caption_without_speech": 1,
+        "duplicate_speech": 1,
+        "image_file_missing": 1,
+        "image_without_size": 1,
+        "image_without_speech": 0,
+        "malformed_annotation": 0,
+        "malformed_image": 0,
+        "speech_image_mismatch": 1,
+        "speech_without_caption": 1,
+    }
+    assert metadata["skips"]["val2014"]["caption_not_drawn_for_test"] == 4
+    assert sorted(rows.loc[rows["coco_split"] == "train2014", "caption_id"]) == [10, 11, 20, 51, 60, 61]
+    assert metadata["captions_read"] == annotations == {"train2014": 19, "val2014": 6}
+
+    # Every caption read is used or counted under exactly one caption reason.
+    for coco_split, read in annotations.items():
+        used = int((rows["coco_split"] == coco_split).sum())
+        skipped = sum(metadata["skips"][coco_split][reason] for reason in manifest.CAPTION_SKIP_REASONS)
+        assert used + skipped == read, coco_split
+
+
+def test_assemble_split_accounting_error(tmp_path, monkeypatch):
+    # A join that loses a caption without counting it is reported as a bug.
+    (tmp_path / "000000000001.jpg").write_bytes(b"jpeg")
+    captions = pd.DataFrame({"caption_id": [11, 12], "image_id": [1, 1], "caption": ["a", "b"]})
+    speech = _speech_rows([(11, 1, "a"), (12, 1, "b")])
+
+    def lossy_join(captions, speech, known_caption_ids=None):
+        joined, counts = original_join(captions, speech, known_caption_ids)
+        return joined.iloc[:1], counts
+
+    original_join = manifest.join_speech
+    monkeypatch.setattr(manifest, "join_speech", lossy_join)
+    with pytest.raises(RuntimeError, match=r"val2014 do not add up: 2 captions, 1 used, 0 skipped"):
+        manifest.assemble_split(
+            _images([1]), captions, speech, role="train", coco_split="val2014",
+            image_dir=tmp_path, max_images=None, val_fraction=0.5, seed=0,
+        )  # fmt: skip
+
+
+def test_run_missing_image_counts_captions_once(tmp_path, monkeypatch):
+    # The real SPEECH-COCO reader: speech of an image without a JPEG is not speech_without_caption.
+    root = tmp_path / "coco"
+    train_captions = _write_coco(root, "train2014", [1, 2, 3], captions_per_image=5, missing=(2,))
+    test_captions = _write_coco(root, "val2014", [8, 9])
+    _write_speechcoco(tmp_path / "speech" / "train2014", train_captions)
+    _write_speechcoco(tmp_path / "speech" / "val2014", test_captions)
+    monkeypatch.chdir(tmp_path)
+    params = load_params(
+        [PROJECT / "params.yaml"],
+        {"run": "unit", "data": {"coco_root": str(root), "speech": {"root": str(tmp_path / "speech")}}},
+    )
+    paths = RunPaths(params)
+    manifest.run(params, paths)
+
+    skips = read_parquet_metadata(paths.manifest)["skips"]["train2014"]
+    assert skips["image_file_missing"] == 1
+    assert skips["caption_image_file_missing"] == 5
+    assert skips["speech_without_caption"] == 0
+    assert skips["caption_without_speech"] == 0
+    assert sum(skips[reason] for reason in manifest.CAPTION_SKIP_REASONS) == 5
+    rows = pq.read_table(paths.manifest).to_pandas()
+    assert sorted(rows.loc[rows["coco_split"] == "train2014", "image_id"].unique()) == [1, 3]
+
+
+def _json_to_sqlite(split_dir):
+    """Replace the json/ folder of a SPEECH-COCO split by the split's SQLite database."""
+    from vgsalign.speech import speechcoco
+
+    json_paths = sorted((split_dir / "json").glob("*.json"))
+    captions = [speechcoco.read_caption_json(path) for path in json_paths]
+    database = split_dir / speechcoco.database_name(split_dir.name)
+    speechcoco.write_sqlite(database, captions)
+    for path in json_paths:
+        path.unlink()
+    (split_dir / "json").rmdir()
+    return database
+
+
+def test_run_with_speechcoco_databases(tmp_path, monkeypatch):
+    # Splits with wav/ and train_2014.sqlite3 / val_2014.sqlite3 but no json/.
+    root = tmp_path / "coco"
+    train_captions = _write_coco(root, "train2014", [1, 2, 3])
+    test_captions = _write_coco(root, "val2014", [8, 9], captions_per_image=3)
+    _write_speechcoco(tmp_path / "speech" / "train2014", train_captions)
+    _write_speechcoco(tmp_path / "speech" / "val2014", test_captions[:-1])  # caption 92 has no speech
+    for split in ("train2014", "val2014"):
+        database = _json_to_sqlite(tmp_path / "speech" / split)
+        assert database.name == {"train2014": "train_2014.sqlite3", "val2014": "val_2014.sqlite3"}[split]
+    monkeypatch.chdir(tmp_path)
+    params = load_params(
+        [PROJECT / "params.yaml"],
+        {"run": "unit", "data": {"coco_root": str(root), "speech": {"root": str(tmp_path / "speech")}}},
+    )
+    paths = RunPaths(params)
+    manifest.run(params, paths)
+
+    rows = pq.read_table(paths.manifest).to_pandas().set_index("caption_id")
+    metadata = read_parquet_metadata(paths.manifest)
+    assert metadata["split_sizes"]["test"] == {"images": 2, "captions": 2}
+    assert metadata["split_sizes"]["train"]["captions"] + metadata["split_sizes"]["val"]["captions"] == 6
+    assert metadata["skips"]["val2014"]["caption_without_speech"] == 1
+    assert metadata["speech_skips"] == {"train2014": {}, "val2014": {}}
+    words = list(rows.loc[10, "words"])
+    assert [w["word"] for w in words] == ["a", "dog", "number", "0"]
+    assert [(w["start_ms"], w["end_ms"]) for w in words] == [(100.0, 300.0), (300.0, 500.0), (500.0, 700.0), (700.0, 900.0)]
+    assert rows.loc[10, "wav_path"] == str(tmp_path / "speech" / "train2014" / "wav" / "1_10_Phil_None_1-0.wav")
+
+
+def test_run_speechcoco_metadata_missing(tmp_path, monkeypatch):
+    from vgsalign.speech.speechcoco import SpeechDataError
+
+    root = tmp_path / "coco"
+    _write_coco(root, "train2014", [1])
+    _write_coco(root, "val2014", [8])
+    (tmp_path / "speech" / "train2014" / "wav").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    params = load_params(
+        [PROJECT / "params.yaml"],
+        {"run": "unit", "data": {"coco_root": str(root), "speech": {"root": str(tmp_path / "speech")}}},
+    )
+    split_dir = tmp_path / "speech" / "train2014"
+    with pytest.raises(SpeechDataError) as raised:
+        manifest.run(params, RunPaths(params))
+    message = str(raised.value)
+    assert f"the folder {split_dir / 'json'} (one JSON file per caption)" in message
+    assert f"the SQLite database {split_dir / 'train_2014.sqlite3'}" in message
+    assert "\n" not in message

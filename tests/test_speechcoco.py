@@ -326,8 +326,98 @@ def test_load_split_duplicate_caption(tmp_path):
 
 
 def test_load_split_missing_folder_raises(tmp_path):
-    with pytest.raises(SpeechDataError, match="not found"):
-        speechcoco.load_split(tmp_path / "val2014", progress=False)
-    (tmp_path / "val2014" / "json").mkdir(parents=True)
+    split_dir = tmp_path / "val2014"
+    with pytest.raises(SpeechDataError) as raised:
+        speechcoco.load_split(split_dir, progress=False)
+    message = str(raised.value)
+    assert message.startswith("SPEECH-COCO metadata of split val2014 not found")
+    assert f"the folder {split_dir / 'json'} (one JSON file per caption)" in message
+    assert f"the SQLite database {split_dir / 'val_2014.sqlite3'}" in message
+    assert f"the WAV files in {split_dir / 'wav'}" in message
+    (split_dir / "json").mkdir(parents=True)
     with pytest.raises(SpeechDataError, match="no SPEECH-COCO JSON files"):
-        speechcoco.load_split(tmp_path / "val2014", progress=False)
+        speechcoco.load_split(split_dir, progress=False)
+
+
+# -- a split folder with a database in place of json/ -------------------------------
+
+
+def test_database_name_per_split():
+    assert speechcoco.database_name("train2014") == "train_2014.sqlite3"
+    assert speechcoco.database_name("val2014") == "val_2014.sqlite3"
+    assert speechcoco.database_name("val") == "val.sqlite3"
+    assert speechcoco.database_name("2014") == "2014.sqlite3"
+
+
+def _split_with_database(split_dir: Path, captions, database_name: str = "val_2014.sqlite3") -> Path:
+    """Write the captions' WAVs under ``split_dir/wav`` and their database in ``split_dir``, without json/."""
+    for caption in captions:
+        _, wav_path = speechcoco.caption_paths(split_dir, caption.name)
+        wav_path.parent.mkdir(parents=True, exist_ok=True)
+        speechcoco.write_wav(wav_path, _waveform(caption.duration_s), SAMPLE_RATE)
+    database = split_dir / database_name
+    speechcoco.write_sqlite(database, captions)
+    return database
+
+
+def test_load_split_folder_reads_database(tmp_path):
+    split_dir = tmp_path / "val2014"
+    captions = [_caption(1, 10), _caption(2, 11, WHITE_EXCERPT, 2.5), _caption(3, 12)]
+    _split_with_database(split_dir, captions)
+    (split_dir / "wav" / f"{captions[2].name.stem}.wav").unlink()
+
+    frame, skips = speechcoco.load_split(split_dir, image_ids=[10, 11, 12], progress=False)
+
+    assert not (split_dir / "json").exists()
+    assert skips == {"missing_wav": 1}
+    assert list(frame["caption_id"]) == [1, 2]
+    assert list(frame["num_samples"]) == [16000, 40000]
+    assert frame.loc[0, "wav_path"] == str(split_dir / "wav" / "10_1_Phil_Middle_0-9.wav")
+    assert frame.loc[1, "words"] == [{"word": "white", "start_ms": 1926.3068, "end_ms": 2179.3182}]
+    filtered, _ = speechcoco.load_split(split_dir, image_ids=[11], progress=False)
+    assert list(filtered["caption_id"]) == [2]
+
+
+def test_load_split_prefers_json_folder(tmp_path):
+    split_dir = tmp_path / "val2014"
+    _write(split_dir, _caption(1, 10))
+    speechcoco.write_sqlite(split_dir / "val_2014.sqlite3", [_caption(1, 10), _caption(2, 11)])
+    frame, skips = speechcoco.load_split(split_dir, progress=False)
+    assert list(frame["caption_id"]) == [1]
+    assert skips == {}
+
+
+def test_find_database_picks_split_name(tmp_path):
+    split_dir = tmp_path / "train2014"
+    split_dir.mkdir()
+    assert speechcoco.find_database(split_dir) is None
+    assert speechcoco.find_database(tmp_path / "absent") is None
+    (split_dir / "other.db").write_bytes(b"")
+    assert speechcoco.find_database(split_dir) == split_dir / "other.db"
+    (split_dir / "train_translate.sqlite3").write_bytes(b"")
+    with pytest.raises(SpeechDataError, match=r"several SQLite databases \(other\.db, train_translate\.sqlite3\)"):
+        speechcoco.find_database(split_dir)
+    (split_dir / "train_2014.sqlite3").write_bytes(b"")
+    assert speechcoco.find_database(split_dir) == split_dir / "train_2014.sqlite3"
+    (split_dir / "train2014.sqlite3").write_bytes(b"")
+    with pytest.raises(SpeechDataError, match="not exactly one of them is named train_2014.sqlite3"):
+        speechcoco.find_database(split_dir)
+
+
+def test_load_split_database_without_wav_folder(tmp_path):
+    split_dir = tmp_path / "val2014"
+    database = _split_with_database(split_dir, [_caption(1, 10)])
+    for path in (split_dir / "wav").iterdir():
+        path.unlink()
+    (split_dir / "wav").rmdir()
+    with pytest.raises(SpeechDataError) as raised:
+        speechcoco.load_split(split_dir, progress=False)
+    assert str(raised.value).startswith(f"SPEECH-COCO WAV folder {split_dir / 'wav'} not found, but the metadata {database}")
+
+
+def test_load_split_folder_bad_database(tmp_path):
+    split_dir = tmp_path / "val2014"
+    (split_dir / "wav").mkdir(parents=True)
+    (split_dir / "val_2014.sqlite3").write_bytes(b"this is not SQLite" * 100)
+    with pytest.raises(SpeechDataError, match=r"val_2014\.sqlite3 is not a readable SQLite database"):
+        speechcoco.load_split(split_dir, progress=False)

@@ -199,10 +199,21 @@ def read_coco(path: str | os.PathLike, kind: str = "instances") -> tuple[COCO, C
 def read_captions(path: str | os.PathLike) -> tuple[pd.DataFrame, Counter]:
     """Read a ``captions_<split>.json`` file: ``caption_id``, ``image_id``, ``caption``, sorted by caption id.
 
-    Captions for an image that is not in the file are dropped and counted
-    (``caption_unknown_image``).
+    Every caption of the file is either returned or counted under one key.
+    Captions without ``id``, ``image_id`` or ``caption`` are dropped
+    (``caption_malformed``), as is every caption but the last in file order of
+    an id that occurs more than once (``caption_duplicate_id``), and captions
+    for an image that is not in the file (``caption_unknown_image``). Image
+    entries without ``id`` are counted as ``caption_file_malformed_image``. The
+    keys differ from :func:`read_coco`'s, so they stay apart from the instances
+    file's counts when both are added up.
     """
-    coco, counts = read_coco(path, kind="captions")
+    coco, read_counts = read_coco(path, kind="captions")
+    counts: Counter = Counter()
+    counts["caption_malformed"] = read_counts["malformed_annotation"]
+    counts["caption_file_malformed_image"] = read_counts["malformed_image"]
+    # pycocotools indexes annotations by id, so for a repeated id only the last one is in coco.anns.
+    counts["caption_duplicate_id"] = len(coco.dataset["annotations"]) - len(coco.anns)
     rows = [(int(a["id"]), int(a["image_id"]), str(a["caption"])) for a in coco.anns.values()]
     captions = pd.DataFrame(rows, columns=["caption_id", "image_id", "caption"])
     captions = captions.astype({"caption_id": "int64", "image_id": "int64"})

@@ -12,14 +12,27 @@ Rules, in the order they apply to each COCO split:
    metadata by caption id. A caption without speech is skipped
    (``caption_without_speech``), as is speech whose image id differs from the
    caption's (``speech_image_mismatch``). Speech for a caption id that is not
-   in the captions file is counted (``speech_without_caption``) and ignored. A
-   second speech entry for the same caption is ignored too (``duplicate_speech``).
+   in the captions file, or whose caption was dropped while reading that file,
+   is counted (``speech_without_caption``) and ignored. A second speech entry
+   for the same caption is ignored too (``duplicate_speech``). Speech of a
+   caption skipped by another rule is ignored without a count of its own.
    An image left without a caption is skipped (``image_without_speech``).
 4. Images of the training split go to ``train`` or ``val``: a seeded random
    ``round(val_fraction * N)`` of them (at least 1 and at most N - 1 when
    N >= 2) go to ``val``, with all their captions.
 5. Images of the test split go to ``test`` with ONE caption each, drawn with a
    seeded generator from the image's captions that have speech.
+
+Every caption of the captions file is either used or counted under exactly one
+of CAPTION_SKIP_REASONS, so per COCO split ``captions_read`` equals the
+captions used plus those counts. Besides the reasons above:
+``caption_malformed``, ``caption_duplicate_id`` and ``caption_unknown_image``
+(see :func:`vgsalign.coco.read_captions`), ``caption_image_not_in_instances``
+(an image of the captions file that the instances file lacks),
+``caption_image_without_size`` (an image that the instances file lists without a
+positive width and height), ``caption_image_beyond_max_images`` (an image left
+out by ``data.max_images``), ``caption_image_file_missing`` (rule 2) and
+``caption_not_drawn_for_test`` (the test captions that rule 5 does not draw).
 
 Both output files carry, in their Parquet metadata, the split sizes, every
 skip count (this stage's and the speech reader's) and the parameters used.
@@ -29,7 +42,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +88,19 @@ IMAGES_SCHEMA = pa.schema(
     ]
 )
 SPEECH_COLUMNS = ("caption_id", "image_id", "text", "wav_path", "speaker", "speed", "sample_rate", "num_samples", "words")
+# Skip reasons of captions, in the order the rules apply. Each caption that is not
+# used is counted under exactly one of them.
+CAPTION_FILE_SKIP_REASONS = ("caption_malformed", "caption_duplicate_id", "caption_unknown_image")
+CAPTION_SKIP_REASONS = (
+    *CAPTION_FILE_SKIP_REASONS,
+    "caption_image_not_in_instances",
+    "caption_image_without_size",
+    "caption_image_beyond_max_images",
+    "caption_image_file_missing",
+    "caption_without_speech",
+    "speech_image_mismatch",
+    "caption_not_drawn_for_test",
+)
 
 
 class ManifestError(ValueError):
@@ -140,12 +166,17 @@ def _word_dicts(words: Any) -> list[dict[str, Any]]:
     return result
 
 
-def join_speech(captions: pd.DataFrame, speech: pd.DataFrame) -> tuple[pd.DataFrame, Counter]:
+def join_speech(
+    captions: pd.DataFrame, speech: pd.DataFrame, known_caption_ids: pd.Series | None = None
+) -> tuple[pd.DataFrame, Counter]:
     """Join COCO captions (``caption_id``, ``image_id``, ``caption``) with speech rows by caption id.
 
     Returns one row per caption with speech, with the manifest's speech columns
     (``text`` is the spoken text, or the COCO caption when the speech has none),
-    and the skip counts of rule 3 in the module docstring.
+    and the skip counts of rule 3 in the module docstring. Speech counts as
+    ``speech_without_caption`` when its caption id is not in
+    ``known_caption_ids`` (by default the ids of ``captions``). Speech of a
+    known caption that is not in ``captions`` is ignored without a count.
     """
     counts: Counter = Counter()
     missing = [column for column in SPEECH_COLUMNS if column not in speech.columns]
@@ -155,7 +186,8 @@ def join_speech(captions: pd.DataFrame, speech: pd.DataFrame) -> tuple[pd.DataFr
     duplicated = speech["caption_id"].duplicated(keep="first")
     counts["duplicate_speech"] = int(duplicated.sum())
     speech = speech.loc[~duplicated]
-    counts["speech_without_caption"] = int((~speech["caption_id"].isin(captions["caption_id"])).sum())
+    known = captions["caption_id"] if known_caption_ids is None else known_caption_ids
+    counts["speech_without_caption"] = int((~speech["caption_id"].isin(known)).sum())
 
     joined = captions.merge(speech, on="caption_id", how="left", suffixes=("", "_speech"), indicator=True)
     has_speech = joined["_merge"] == "both"
@@ -182,26 +214,41 @@ def assemble_split(
     max_images: int | None,
     val_fraction: float,
     seed: int,
+    unsized_image_ids: Collection[int] = (),
 ) -> tuple[pd.DataFrame, pd.DataFrame, Counter]:
     """Return the manifest rows and image rows of one COCO split, and its skip counts.
 
     ``role`` is ``train`` (split into train and val) or ``test`` (one caption
     per image). ``images`` is :func:`vgsalign.coco.image_table` of the
     instances file, ``captions`` :func:`vgsalign.coco.read_captions`, and
-    ``speech`` the speech reader's table.
+    ``speech`` the speech reader's table. ``unsized_image_ids`` are the images
+    of the instances file that ``image_table`` left out for lack of a size.
+    Each caption of ``captions`` is used or counted under one caption reason
+    (module docstring), and a RuntimeError is raised if the counts do not add up.
     """
     counts: Counter = Counter()
+    if role not in ("train", "test"):
+        raise ValueError(f"invalid role {role!r}: use 'train' or 'test'")
     selected = first_image_ids(images["image_id"], max_images)
+    known_caption_ids = captions["caption_id"]
+    unsized = captions["image_id"].isin(list(unsized_image_ids))
+    in_instances = captions["image_id"].isin(images["image_id"])
+    counts["caption_image_not_in_instances"] = int((~in_instances & ~unsized).sum())
+    counts["caption_image_without_size"] = int(unsized.sum())
+    counts["caption_image_beyond_max_images"] = int((in_instances & ~captions["image_id"].isin(selected)).sum())
+
     images = images.loc[images["image_id"].isin(selected)].sort_values("image_id").reset_index(drop=True)
     images["file_path"] = [str(image_dir / name) for name in images["file_name"]]
     exists = np.array([Path(path).is_file() for path in images["file_path"]], dtype=bool)
     counts["image_file_missing"] = int((~exists).sum())
     for path in images.loc[~exists, "file_path"].head(5):
         logger.warning("image file missing, skipped: %s", path)
+    missing_file_ids = images.loc[~exists, "image_id"]
+    counts["caption_image_file_missing"] = int(captions["image_id"].isin(missing_file_ids).sum())
     images = images.loc[exists]
 
-    captions = captions.loc[captions["image_id"].isin(images["image_id"])]
-    joined, join_counts = join_speech(captions, speech)
+    kept = captions.loc[captions["image_id"].isin(images["image_id"])]
+    joined, join_counts = join_speech(kept, speech, known_caption_ids=known_caption_ids)
     counts.update(join_counts)
 
     with_speech = images["image_id"].isin(joined["image_id"])
@@ -211,16 +258,28 @@ def assemble_split(
     if role == "train":
         split = split_train_images(images["image_id"], val_fraction, seed)
         images["split"] = split.reindex(images["image_id"]).to_numpy()
-    elif role == "test":
-        joined = choose_test_captions(joined, seed)
-        images["split"] = "test"
+        counts["caption_not_drawn_for_test"] = 0
     else:
-        raise ValueError(f"invalid role {role!r}: use 'train' or 'test'")
+        drawn = choose_test_captions(joined, seed)
+        counts["caption_not_drawn_for_test"] = len(joined) - len(drawn)
+        joined = drawn
+        images["split"] = "test"
     joined = joined.merge(images[["image_id", "split"]], on="image_id", how="inner")
     joined["coco_split"] = coco_split
     images["coco_split"] = coco_split
     joined = joined.sort_values(["image_id", "caption_id"], kind="stable").reset_index(drop=True)
+    _check_caption_accounting(coco_split, len(captions), len(joined), counts)
     return joined, images.reset_index(drop=True), counts
+
+
+def _check_caption_accounting(coco_split: str, read: int, used: int, counts: Mapping[str, int]) -> None:
+    """Raise RuntimeError unless every caption is used or counted once under a caption reason."""
+    skipped = {reason: int(counts.get(reason, 0)) for reason in CAPTION_SKIP_REASONS if counts.get(reason, 0)}
+    if read != used + sum(skipped.values()):
+        raise RuntimeError(
+            f"caption counts of {coco_split} do not add up: {read} captions, {used} used, "
+            f"{sum(skipped.values())} skipped ({skipped}). This is a bug in vgsalign.manifest.assemble_split."
+        )
 
 
 def manifest_table(rows: pd.DataFrame) -> pa.Table:
@@ -293,10 +352,13 @@ def run(params: Mapping[str, Any], paths: RunPaths) -> None:
     manifests, image_rows = [], []
     skips: dict[str, dict[str, int]] = {}
     speech_skips: dict[str, dict[str, int]] = {}
+    captions_read: dict[str, int] = {}
     for role, coco_split in (("train", train_split), ("test", test_split)):
         instances, instance_counts = coco.read_coco(paths.instances_file(coco_split), kind="instances")
         images = coco.image_table(instances, instance_counts)
+        unsized_image_ids = list(set(instances.imgs) - set(images["image_id"].tolist()))
         captions, caption_counts = coco.read_captions(paths.captions_file(coco_split))
+        captions_read[coco_split] = len(captions) + sum(caption_counts[r] for r in CAPTION_FILE_SKIP_REASONS)
         selected = first_image_ids(images["image_id"], data["max_images"])
         speech, speech_counts = load_speech(params, paths, coco_split, image_ids=selected)
         rows, split_images, counts = assemble_split(
@@ -309,6 +371,7 @@ def run(params: Mapping[str, Any], paths: RunPaths) -> None:
             max_images=data["max_images"],
             val_fraction=data["val_fraction"],
             seed=params["seed"],
+            unsized_image_ids=unsized_image_ids,
         )
         counts.update(instance_counts)
         counts.update(caption_counts)
@@ -328,6 +391,7 @@ def run(params: Mapping[str, Any], paths: RunPaths) -> None:
         "split_sizes": sizes,
         "skips": skips,
         "speech_skips": speech_skips,
+        "captions_read": captions_read,
         "coco_splits": {"train": train_split, "test": test_split},
         "seed": params["seed"],
         "val_fraction": data["val_fraction"],

@@ -9,6 +9,9 @@ with the speed written ``0-9``, ``1-0`` or ``1-1``, under
 ``timecode`` is a list of ``[time_ms, kind, value]`` with kinds WORD, SYL,
 PHO, SEPR and SIL. The same records also come as one SQLite database per split
 (table ``captions`` with ``timecode`` as JSON text, and table ``speakers``).
+:func:`load_split` reads a split folder's ``json/`` folder when it has one, and
+else the split's database in that folder (:func:`find_database`), with the WAV
+files from ``wav/`` in both cases.
 
 Word ends are not stored. The rule used here: a word ends at the first SYL,
 SEPR or SIL entry after its last PHO entry and before the next WORD entry. Without
@@ -480,6 +483,68 @@ def read_sqlite(path: str | os.PathLike) -> list[SpeechCaption]:
 # -- a whole split ------------------------------------------------------------------
 
 
+def database_name(split: str) -> str:
+    """Return the database name looked for in a split folder: ``train2014`` -> ``train_2014.sqlite3``.
+
+    NOTE: the ``<name>_<year>.sqlite3`` form follows the SPEECH-COCO API's usage
+    examples. The file names in the distributed archive were not checked, which
+    is why :func:`find_database` also takes any single database file.
+    """
+    prefix = split.rstrip("0123456789")
+    year = split[len(prefix) :]
+    return f"{prefix}_{year}.sqlite3" if prefix and len(year) == 4 else f"{split}.sqlite3"
+
+
+def find_database(split_dir: str | os.PathLike) -> Path | None:
+    """Return the SQLite database of a SPEECH-COCO split folder, or None when it has none.
+
+    A database is a file directly in ``split_dir`` with a suffix of
+    SQLITE_SUFFIXES. When there are several, the one whose name without
+    underscores and suffix is the folder name (``train_2014.sqlite3`` in
+    ``train2014``) is used. Raises SpeechDataError when there are several and
+    not exactly one of them has that name.
+    """
+    split_dir = Path(split_dir)
+    if not split_dir.is_dir():
+        return None
+    candidates = sorted(path for path in split_dir.iterdir() if path.suffix in SQLITE_SUFFIXES and path.is_file())
+    if len(candidates) <= 1:
+        return candidates[0] if candidates else None
+    named = [path for path in candidates if path.stem.replace("_", "") == split_dir.name]
+    if len(named) == 1:
+        return named[0]
+    raise SpeechDataError(
+        f"{split_dir} contains several SQLite databases ({', '.join(path.name for path in candidates)}), and not "
+        f"exactly one of them is named {database_name(split_dir.name)} or {split_dir.name}.sqlite3. Give this "
+        "split's SPEECH-COCO database that name or move the other databases out of the folder."
+    )
+
+
+def _split_source(split_dir: Path, wav_dir: Path | None) -> tuple[Path | None, Path]:
+    """Return the database to read (None for the ``json/`` folder) and the WAV folder of a split folder."""
+    wav_dir = wav_dir if wav_dir is not None else split_dir / "wav"
+    json_dir = split_dir / "json"
+    database = None if json_dir.is_dir() else find_database(split_dir)
+    if not json_dir.is_dir() and database is None:
+        raise SpeechDataError(
+            f"SPEECH-COCO metadata of split {split_dir.name} not found: expected the folder {json_dir} "
+            f"(one JSON file per caption) or the SQLite database {split_dir / database_name(split_dir.name)}, "
+            f"with the WAV files in {wav_dir}. Check data.speech.root (or run speech synthesis with "
+            "data.speech.source: synthesize)."
+        )
+    if database is None and next(json_dir.glob("*.json"), None) is None:
+        raise SpeechDataError(f"no SPEECH-COCO JSON files in {json_dir}. Check data.speech.root.")
+    if not wav_dir.is_dir():
+        metadata = json_dir if database is None else database
+        raise SpeechDataError(
+            f"SPEECH-COCO WAV folder {wav_dir} not found, but the metadata {metadata} is there. "
+            "Extract the split's WAV files into that folder."
+        )
+    if database is not None:
+        logger.info("no folder %s, so reading the SPEECH-COCO database %s", json_dir, database)
+    return database, wav_dir
+
+
 class SkipCounter:
     """Counts skipped captions by reason and logs the first few of each reason."""
 
@@ -552,13 +617,16 @@ def load_split(
 ) -> tuple[pd.DataFrame, dict[str, int]]:
     """Read one SPEECH-COCO split into manifest rows; return them and the skip counts by reason.
 
-    ``source`` is a split folder with ``json/`` and ``wav/`` inside, or a split's
-    SQLite database (then ``wav_dir`` is required). ``image_ids``, when given,
-    keeps only those images. Columns: MANIFEST_COLUMNS; ``num_samples`` and
-    ``sample_rate`` come from the WAV header.
+    ``source`` is a split folder or a split's SQLite database (then ``wav_dir``
+    is required). A split folder contains ``wav/`` and either ``json/`` or the
+    split's database (:func:`find_database`). When it contains both, ``json/``
+    is read. ``wav_dir`` replaces the folder's ``wav/``. ``image_ids``, when
+    given, keeps only those images. Columns: MANIFEST_COLUMNS; ``num_samples``
+    and ``sample_rate`` come from the WAV header.
 
     Rules for bad input. Errors (SpeechDataError, naming the file and the fix):
-    a missing split folder or ``json/`` folder without any JSON file, a database
+    a split folder without ``json/`` and without a database, a split folder
+    without its WAV folder, a ``json/`` folder without any JSON file, a database
     that is missing, unreadable or lacks the ``captions`` table or a column.
     Counted skips drop one caption, log a warning and count it under its reason.
     The reasons are ``invalid_file_name``, ``invalid_json``, ``missing_key``,
@@ -577,7 +645,11 @@ def load_split(
             raise SpeechDataError(f"reading the database {source} needs the folder of its WAV files (wav_dir)")
         found = _database_captions(source, Path(wav_dir), selected_ids, skips, progress)
     else:
-        found = _folder_captions(source, Path(wav_dir or source / "wav"), selected_ids, skips, progress)
+        database, folder_wav_dir = _split_source(source, None if wav_dir is None else Path(wav_dir))
+        if database is None:
+            found = _folder_captions(source, folder_wav_dir, selected_ids, skips, progress)
+        else:
+            found = _database_captions(database, folder_wav_dir, selected_ids, skips, progress)
 
     rows: list[dict[str, Any]] = []
     seen: set[int] = set()
@@ -622,14 +694,7 @@ def _folder_captions(
     split_dir: Path, wav_dir: Path, selected_ids: set[int] | None, skips: SkipCounter, progress: bool
 ) -> Iterator[_Found]:
     json_dir = split_dir / "json"
-    if not json_dir.is_dir():
-        raise SpeechDataError(
-            f"SPEECH-COCO folder {json_dir} not found. data.speech.root must contain one folder per "
-            "split with json/ and wav/ inside (or run speech synthesis with data.speech.source: synthesize)."
-        )
     json_paths = sorted(json_dir.glob("*.json"))
-    if not json_paths:
-        raise SpeechDataError(f"no SPEECH-COCO JSON files in {json_dir}. Check data.speech.root.")
     for json_path in tqdm(json_paths, desc=f"read {split_dir.name}", unit="caption", disable=not progress):
         try:
             name = parse_name(json_path)
