@@ -158,6 +158,24 @@ def test_real_caption_nouns(pattern, text, synthesiser_nouns, speechcoco_nouns):
         assert table["word"].tolist() == expected, tokenize.__name__
 
 
+@pytest.mark.parametrize("text, synthesiser_nouns, speechcoco_nouns", REAL_CAPTIONS)
+def test_upper_case_caption_same_nouns(pattern, text, synthesiser_nouns, speechcoco_nouns):
+    # SpokenCOCO transcripts are upper case; they must give SPEECH-COCO's nouns.
+    upper = text.upper()
+    words = _speechcoco_like_words(upper)
+    captions = _caption_rows([(1, 1, upper, [(w, 0.0, 1.0) for w in words], 100, 16000)])
+    table, _ = nouns.caption_nouns(captions, pattern, ["NN", "NNS"], progress=False)
+    assert table["word"].tolist() == speechcoco_nouns
+
+
+def test_upper_case_words_are_not_proper_nouns(pattern):
+    words = ["A", "CAT", "SITS", "ON", "A", "RED", "STREET"]
+    tags = nouns.tag_caption(words, " ".join(words), pattern)
+    assert tags[1] == "NN"  # cat
+    assert tags[6] == "NN"  # street, NNP when tagged in upper case
+    assert tags[5] == "JJ"  # red
+
+
 @needs_coco_tiny
 def test_coco_tiny_every_word_tagged(pattern):
     captions = []

@@ -167,9 +167,13 @@ def tag_caption(words: Sequence[str], text: str, tagger: Tagger) -> list[str | N
     """Tag ``text`` as one sentence and return the tag of each speech word (see :func:`align_tags`).
 
     When ``text`` is empty the speech words, joined by spaces, are tagged instead.
+    The sentence is tagged in lower case, so that SpokenCOCO's upper-case
+    transcripts and SPEECH-COCO's sentence-case captions get the same tags. The
+    pattern tagger, for one, tags upper-case "STREET" as a proper noun (NNP),
+    which is not kept.
     """
     sentence = text if text and text.strip() else " ".join(words)
-    return align_tags(words, tagger(sentence))
+    return align_tags(words, tagger(sentence.lower()))
 
 
 # -- the stage ---------------------------------------------------------------------
