@@ -131,13 +131,27 @@ def test_pairs_by_hand():
 def test_pairs_drop_counts():
     _, _, counts = _pair()
     assert counts["captions_read"] == 9
-    assert counts["captions_dropped"] == {"no_nouns": 1, "oov_noun": 2, "no_nouns_in_vocabulary": 0, "no_objects": 1}
+    assert counts["captions_dropped"] == {
+        "no_word_times": 0, "no_nouns": 1, "oov_noun": 2, "no_nouns_in_vocabulary": 0, "no_objects": 1
+    }
     assert counts["captions_kept"] == 5
     assert counts["captions_with_pairs"] == 5
     assert counts["nouns"]["below_threshold"] == 1  # "car"
     assert counts["nouns"]["paired"] == 6
     assert counts["label_words_missing"] == {"chair": ["chair"], "hair drier": ["drier"]}
     assert counts["labels_without_vector"] == ["chair"]
+
+
+def test_captions_without_word_times_counted():
+    # Every caption lacks word times: those without nouns count as no_word_times,
+    # and those with nouns are paired as before.
+    captions = _captions().assign(has_word_times=False)
+    _, _, counts = pairs.pair_captions(
+        captions, _nouns(), _present(), _vectors(), threshold=0.5, keep_oov_captions=False
+    )
+    assert counts["captions_dropped"]["no_word_times"] == 1
+    assert counts["captions_dropped"]["no_nouns"] == 0
+    assert counts["captions_with_pairs"] == 5
 
 
 def test_pairs_keep_oov_captions():

@@ -403,6 +403,29 @@ def test_stage_fig3_placeholder(results):
     assert not list(paths.figure("overlays/x").parent.glob("*"))
 
 
+def test_stage_without_pairs(results):
+    # SpokenCOCO without alignments: no pairs, no similarities, no confusion tables.
+    params, paths = results
+    write_json_atomic(
+        paths.pairs_summary,
+        {"vectors_source": "self-trained", "tagger": "pattern", "pairs": 0, "captions_read": 3,
+         "captions_dropped": {"no_word_times": 3, "no_nouns": 0}},
+    )  # fmt: skip
+    similarities = pd.read_parquet(paths.similarities)
+    write_parquet_atomic(paths.similarities, similarities.iloc[:0])
+    for variant in VARIANTS:
+        paths.confusion(variant).unlink()
+    stage.run(params, paths)
+
+    report = paths.report.read_text()
+    assert "There are no word-object pairs: 3 test captions have no word time stamps" in report
+    # Every output the workflow declares exists.
+    assert paths.figure("similarities", "png").is_file()
+    assert paths.figure("similarities", "pdf").is_file()
+    for group in ("fig3", "overlays", "training", "confusion"):
+        assert paths.figure_group(group).is_dir(), group
+
+
 def test_stage_bad_inputs(results):
     params, paths = results
     paths.tensors("cnnatt_v1").write_bytes(b"not a parquet file")

@@ -554,3 +554,18 @@ def test_external_repeated_convention_rejected(run_setup, tmp_path):
     _, paths, _ = run_setup
     with pytest.raises(ValueError, match="scoring conventions given twice: paper. List each convention once."):
         score_external(paths.tensors("cnnatt_v0"), paths.pairs, paths.masks, tmp_path / "out", ["paper", "paper"], 0)
+
+
+def test_no_pairs_scores_nothing(run_setup):
+    # SpokenCOCO without word alignments gives a pair table with no rows:
+    # scoring writes empty results instead of failing.
+    params, paths, _ = run_setup
+    pairs_table().iloc[:0].to_parquet(paths.pairs)
+    run_baseline(params, paths)
+    run(params, paths, "cnnatt_v0")
+    baseline = json.loads(paths.baseline_summary.read_text())
+    model = json.loads(paths.score_summary("cnnatt_v0").read_text())
+    assert baseline["paper"]["baseline"]["pairs"] == 0
+    assert model["paper"]["raw"]["pairs"] == 0
+    assert model["paper"]["raw"]["tensor_rows_without_pairs"] == len(TENSOR_KEYS)
+    assert len(pd.read_parquet(paths.scores("cnnatt_v0"))) == 0

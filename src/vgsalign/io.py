@@ -149,5 +149,7 @@ def setup_logging(log_file: str | os.PathLike | None = None, level: int = loggin
         handlers=handlers,
         force=True,
     )
-    # gensim logs every Word2Vec epoch and lifecycle event at INFO.
-    logging.getLogger("gensim").setLevel(max(level, logging.WARNING))
+    # gensim logs every Word2Vec epoch and lifecycle event at INFO, and fontTools
+    # every font-subsetting step of each PDF that matplotlib writes.
+    for name in ("gensim", "fontTools"):
+        logging.getLogger(name).setLevel(max(level, logging.WARNING))

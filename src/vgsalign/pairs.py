@@ -3,7 +3,9 @@
 The rule of Khorrami and Räsänen (Interspeech 2021) and of their released code
 (github.com/khazarkhorrami/VGS_alignment, ``step_1/``):
 
-1. A test caption is dropped when it has no noun (``no_nouns``) or when any
+1. A test caption without word time stamps (SpokenCOCO without an alignment
+   file) has no nouns with frames and is dropped as ``no_word_times``.
+   A test caption is dropped when it has no noun (``no_nouns``) or when any
    of its nouns is out of the vocabulary (``oov_noun``). With
    ``pairs.keep_oov_captions: true`` only those nouns are dropped, and a
    caption left without a noun is dropped as ``no_nouns_in_vocabulary``.
@@ -47,7 +49,7 @@ from vgsalign.layout import RunPaths, names_vectors_file
 logger = logging.getLogger(__name__)
 
 SELF_TRAINED = "self-trained"
-DROP_REASONS = ("no_nouns", "oov_noun", "no_nouns_in_vocabulary", "no_objects")
+DROP_REASONS = ("no_word_times", "no_nouns", "oov_noun", "no_nouns_in_vocabulary", "no_objects")
 PAIR_COLUMNS = [
     "pair_id",
     "caption_id",
@@ -357,7 +359,9 @@ def pair_captions(
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
     """Apply the pairing rule of the module docstring.
 
-    ``captions``: ``caption_id``, ``image_id`` of the test captions.
+    ``captions``: ``caption_id``, ``image_id`` of the test captions, and
+    optionally ``has_word_times``: a caption without nouns and without word
+    times is dropped as ``no_word_times`` instead of ``no_nouns``.
     ``noun_table``: the nouns stage's table. ``present``: ``image_id``,
     ``category_id``, ``category_name``, ``label_order`` of every category
     present in each image. Returns the pairs table, the similarities table
@@ -380,10 +384,13 @@ def pair_captions(
     noun_counts: Counter = Counter()
     pair_rows, similarity_rows = [], []
 
-    for caption_id, image_id in zip(captions["caption_id"].astype(int), captions["image_id"].astype(int)):
+    timed = captions["has_word_times"] if "has_word_times" in captions else pd.Series(True, index=captions.index)
+    for caption_id, image_id, has_word_times in zip(
+        captions["caption_id"].astype(int), captions["image_id"].astype(int), timed.astype(bool)
+    ):
         words = caption_nouns.get(caption_id)
         if words is None or words.empty:
-            dropped["no_nouns"] += 1
+            dropped["no_nouns" if has_word_times else "no_word_times"] += 1
             continue
         words = words.sort_values("word_index")
         forms = [vector_word(word, vectors) for word in words["word"]]
@@ -505,8 +512,9 @@ def run(params: Mapping[str, Any], paths: RunPaths) -> None:
         mask_counts.update(counts)
     masks = pd.concat(mask_tables, ignore_index=True) if mask_tables else pd.DataFrame(columns=coco.MASK_TABLE_COLUMNS)
 
+    has_word_times = test["words"].map(lambda words: words is not None and len(words) > 0)
     pairs, similarities, counts = pair_captions(
-        test[["caption_id", "image_id"]],
+        test[["caption_id", "image_id"]].assign(has_word_times=has_word_times),
         noun_table,
         masks[["image_id", "category_id", "category_name", "label_order"]],
         vectors,

@@ -179,6 +179,18 @@ def report_warnings(weights: str, vectors: str, state: ReportState) -> list[str]
             "The word vectors were trained on this corpus's captions (pairs.vectors: null), not the "
             "pretrained GoogleNews word2vec, so the word-object pairs differ from the paper's."
         )
+    summary = state.pairs_summary or {}
+    if summary.get("pairs") == 0:
+        untimed = (summary.get("captions_dropped") or {}).get("no_word_times", 0)
+        reason = (
+            f"{untimed} test captions have no word time stamps (SpokenCOCO needs data.speech.alignments)"
+            if untimed
+            else "no test caption had a noun paired with an object of its image"
+        )
+        warnings.append(
+            f"There are no word-object pairs: {reason}. Table 2 and Fig. 3 are empty, and only "
+            "retrieval (Table 1) was evaluated."
+        )
     if state.missing or state.unreadable:
         warnings.append(
             f"{len(state.missing) + len(state.unreadable)} input files are missing or unreadable; the "

@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 from tqdm import tqdm
 
-from vgsalign.io import write_json_atomic, write_text_atomic
+from vgsalign.io import ensure_dir, write_json_atomic, write_text_atomic
 from vgsalign.layout import RunPaths
 from vgsalign.report import figures, published, tables
 from vgsalign.report.markdown import (
@@ -206,7 +206,10 @@ def draw_similarity_histogram(params: Mapping[str, Any], paths: RunPaths, state:
     if similarities is not None:
         similarities = _check_columns(similarities, ["similarity", "best"], paths.similarities, state)
     if similarities is None or similarities.empty:
-        state.notes.append("Similarity histogram: no noun-label similarities.")
+        message = "No noun-label similarities."
+        state.notes.append(f"Similarity histogram: {message}")
+        # The workflow declares the figure as an output, so a placeholder replaces it.
+        figures.save_figure(figures.placeholder_figure(message), paths.figure("similarities"))
         return
     figure = figures.plot_similarity_histogram(similarities, threshold=float(params["pairs"]["threshold"]))
     png, _ = figures.save_figure(figure, paths.figure("similarities"))
@@ -239,6 +242,9 @@ def run(params: Mapping[str, Any], paths: RunPaths) -> None:
     for label, step in tqdm(steps, desc="report figures", unit="step"):
         logger.info("drawing %s", label)
         step(params, paths, state)
+    # The workflow declares these folders as outputs, so they exist even when a step drew nothing.
+    for group in ("fig3", "overlays", "training", "confusion"):
+        ensure_dir(paths.figure_group(group))
 
     weights, vectors = image_weights(params, paths), vectors_source(params, state.pairs_summary)
     counts = collect_skip_counts(paths, state)

@@ -370,7 +370,9 @@ class PairScorer:
     def results(self, convention: str, kind: str, label: str | None = None) -> tuple[pd.DataFrame, dict[str, int]]:
         """Return the per-pair scores of one convention and output kind, and the skip counts."""
         sources = KIND_SOURCES[kind]
-        seen = np.logical_and.reduce([self.seen[source] for source in set(sources.values())])
+        # A kind never seen (no tensor row matched a pair, or no pairs at all) marks every pair as unseen.
+        unseen = np.zeros(len(self.pairs), dtype=bool)
+        seen = np.logical_and.reduce([self.seen.get(source, unseen) for source in set(sources.values())])
         values = np.full((len(self.pairs), len(METRICS)), np.nan)
         for column, metric in enumerate(METRICS):
             source = self.scores.get((sources[metric], convention))
