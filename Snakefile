@@ -35,4 +35,5 @@ include: "workflow/rules/report.smk"
 rule all:
     input:
         final_outputs(PATHS),
+        MISSING_INPUTS,
     default_target: True

@@ -302,6 +302,19 @@ def test_crossing_words_edit_keeps_audio_features(tiny_run):
     assert {"extract_nouns", "pair_words_objects", "make_report"} <= rules
 
 
+@pytest.mark.parametrize("mode", [["--cores", "1"], ["-n"]], ids=["run", "dry run"])
+def test_mistyped_vectors_path_fails(tiny_run, mode):
+    # The run's outputs exist, so without the check Snakemake would report
+    # "Nothing to be done" and exit 0 with the old pairs.
+    edited = tiny_run / "mistyped.yaml"
+    edited.write_text("pairs: {vectors: /nonexistent/vectors.bin}\n")
+    result = _snakemake(tiny_run, *mode, extra_config=str(edited))
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output[-3000:]
+    assert "input data not found: /nonexistent/vectors.bin" in output
+    assert "Nothing to be done" not in output
+
+
 # -- determinism -----------------------------------------------------------------------
 
 COMPARED = ["table1.csv", "table2.csv", "scores/cnnatt_v0/pairs.parquet", "tensors/cnnatt_v1.parquet"]

@@ -31,18 +31,18 @@ PARAMS_FILE = str(resolved_params_file(PATHS))
 
 # Snakemake does not schedule a job whose input data is missing even when its
 # parameters changed, so a mistyped data path or vectors file would silently keep
-# old results. Dry runs warn; a real run stops before any job starts.
-MISSING_INPUTS = ", ".join(missing_raw_inputs(PATHS))
+# old results and report "Nothing to be done". Rule all therefore also requests
+# the missing data, which makes every run and dry run stop with Snakemake's
+# MissingInputException after this message.
+MISSING_INPUTS = missing_raw_inputs(PATHS)
 if MISSING_INPUTS:
-    logger.warning(f"input data not found: {MISSING_INPUTS}")
+    logger.error(
+        f"input data not found: {', '.join(MISSING_INPUTS)}. Put the data there or fix the paths "
+        "(data.coco_root, data.speech.root, pairs.vectors) in the parameters."
+    )
 
 
 onstart:
-    if MISSING_INPUTS:
-        raise WorkflowError(
-            f"input data not found: {MISSING_INPUTS}. Put the data there or fix the paths "
-            "(data.coco_root, data.speech.root, pairs.vectors) in the parameters."
-        )
     write_resolved_params(config, PATHS)
 
 
