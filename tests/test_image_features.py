@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import socket
 import urllib.error
 
 import numpy as np
@@ -103,6 +104,27 @@ def test_vgg_imagenet_offline_message(monkeypatch, tmp_path):
     assert "offline" in message
     assert str(tmp_path / "hub" / "checkpoints" / "vgg16-397923af.pth") in message
     assert "weights: none" in message
+
+
+def test_vgg_download_times_out(monkeypatch, tmp_path):
+    # A loopback listener that accepts connections and never answers, used as the
+    # HTTPS proxy: without a socket timeout the download would wait forever.
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(4)
+    try:
+        monkeypatch.setattr(image_features, "DOWNLOAD_TIMEOUT_S", 0.5)
+        monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+        for name in ("no_proxy", "NO_PROXY"):
+            monkeypatch.delenv(name, raising=False)
+        proxy = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        monkeypatch.setenv("https_proxy", proxy)
+        monkeypatch.setenv("HTTPS_PROXY", proxy)
+        with pytest.raises(ImageFeatureError, match="looks offline"):
+            build_vgg16_block5("imagenet")
+    finally:
+        silent.close()
+    assert socket.getdefaulttimeout() is None  # restored after the download
 
 
 def test_vgg_rejects_unknown_weights():

@@ -35,8 +35,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import pickle
+import socket
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -154,11 +155,28 @@ def _hub_checkpoint() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / Path(IMAGENET_WEIGHTS.url).name
 
 
+# Seconds a download may wait for the server's next bytes before it fails. Without
+# a limit, a network that accepts the connection but never responds hangs the job.
+DOWNLOAD_TIMEOUT_S = 60.0
+
+
+@contextlib.contextmanager
+def _socket_timeout(seconds: float) -> Iterator[None]:
+    """Apply ``seconds`` as the default socket timeout (urllib's, used by torch.hub) inside the block."""
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
 def _imagenet_state() -> dict[str, torch.Tensor]:
     """Return torchvision's ImageNet VGG16 state dict, downloading it into the torch cache if absent."""
     try:
-        return IMAGENET_WEIGHTS.get_state_dict(progress=False, check_hash=True)
-    except OSError as error:
+        with _socket_timeout(DOWNLOAD_TIMEOUT_S):
+            return IMAGENET_WEIGHTS.get_state_dict(progress=False, check_hash=True)
+    except OSError as error:  # includes TimeoutError
         raise ImageFeatureError(
             f"cannot download the VGG16 ImageNet weights from {IMAGENET_WEIGHTS.url} ({error}); this machine "
             f"looks offline. Copy that file to {_hub_checkpoint()} (or set TORCH_HOME to a folder holding "
