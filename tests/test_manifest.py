@@ -255,13 +255,19 @@ def _write_speechcoco(split_dir, captions):
         soundfile.write(split_dir / "wav" / f"{stem}.wav", np.zeros(16000, dtype=np.float32), 16000)
 
 
-def test_run_with_speechcoco_reader(tmp_path, monkeypatch):
-    # The real SPEECH-COCO reader, on files written in the documented format.
+@pytest.mark.parametrize("metadata_form", ["json", "sqlite"])
+def test_run_with_speechcoco_reader(tmp_path, monkeypatch, metadata_form):
+    # The real SPEECH-COCO reader, on files written in the documented format: per-caption
+    # json/ files, or the split's database (train_2014.sqlite3) with no json/ folder.
     root = tmp_path / "coco"
     train_captions = _write_coco(root, "train2014", [1, 2, 3])
     test_captions = _write_coco(root, "val2014", [8, 9], captions_per_image=3)
     _write_speechcoco(tmp_path / "speech" / "train2014", train_captions)
     _write_speechcoco(tmp_path / "speech" / "val2014", test_captions[:-1])  # caption 92 has no speech
+    if metadata_form == "sqlite":
+        for split in ("train2014", "val2014"):
+            database = _json_to_sqlite(tmp_path / "speech" / split)
+            assert database.name == {"train2014": "train_2014.sqlite3", "val2014": "val_2014.sqlite3"}[split]
     monkeypatch.chdir(tmp_path)
     params = load_params(
         [PROJECT / "params.yaml"],
@@ -275,9 +281,11 @@ def test_run_with_speechcoco_reader(tmp_path, monkeypatch):
     assert metadata["split_sizes"]["test"] == {"images": 2, "captions": 2}
     assert metadata["split_sizes"]["train"]["captions"] + metadata["split_sizes"]["val"]["captions"] == 6
     assert metadata["skips"]["val2014"]["caption_without_speech"] == 1
+    assert metadata["speech_skips"] == {"train2014": {}, "val2014": {}}
     words = list(rows.loc[10, "words"])
     assert [w["word"] for w in words] == ["a", "dog", "number", "0"]
     assert [(w["start_ms"], w["end_ms"]) for w in words] == [(100.0, 300.0), (300.0, 500.0), (500.0, 700.0), (700.0, 900.0)]
+    assert rows.loc[10, "wav_path"] == str(tmp_path / "speech" / "train2014" / "wav" / "1_10_Phil_None_1-0.wav")
     assert rows.loc[10, "num_samples"] == 16000
     assert rows.loc[10, "sample_rate"] == 16000
 
@@ -444,36 +452,6 @@ def _json_to_sqlite(split_dir):
         path.unlink()
     (split_dir / "json").rmdir()
     return database
-
-
-def test_run_with_speechcoco_databases(tmp_path, monkeypatch):
-    # Splits with wav/ and train_2014.sqlite3 / val_2014.sqlite3 but no json/.
-    root = tmp_path / "coco"
-    train_captions = _write_coco(root, "train2014", [1, 2, 3])
-    test_captions = _write_coco(root, "val2014", [8, 9], captions_per_image=3)
-    _write_speechcoco(tmp_path / "speech" / "train2014", train_captions)
-    _write_speechcoco(tmp_path / "speech" / "val2014", test_captions[:-1])  # caption 92 has no speech
-    for split in ("train2014", "val2014"):
-        database = _json_to_sqlite(tmp_path / "speech" / split)
-        assert database.name == {"train2014": "train_2014.sqlite3", "val2014": "val_2014.sqlite3"}[split]
-    monkeypatch.chdir(tmp_path)
-    params = load_params(
-        [PROJECT / "params.yaml"],
-        {"run": "unit", "data": {"coco_root": str(root), "speech": {"root": str(tmp_path / "speech")}}},
-    )
-    paths = RunPaths(params)
-    manifest.run(params, paths)
-
-    rows = pq.read_table(paths.manifest).to_pandas().set_index("caption_id")
-    metadata = read_parquet_metadata(paths.manifest)
-    assert metadata["split_sizes"]["test"] == {"images": 2, "captions": 2}
-    assert metadata["split_sizes"]["train"]["captions"] + metadata["split_sizes"]["val"]["captions"] == 6
-    assert metadata["skips"]["val2014"]["caption_without_speech"] == 1
-    assert metadata["speech_skips"] == {"train2014": {}, "val2014": {}}
-    words = list(rows.loc[10, "words"])
-    assert [w["word"] for w in words] == ["a", "dog", "number", "0"]
-    assert [(w["start_ms"], w["end_ms"]) for w in words] == [(100.0, 300.0), (300.0, 500.0), (500.0, 700.0), (700.0, 900.0)]
-    assert rows.loc[10, "wav_path"] == str(tmp_path / "speech" / "train2014" / "wav" / "1_10_Phil_None_1-0.wav")
 
 
 def test_run_speechcoco_metadata_missing(tmp_path, monkeypatch):

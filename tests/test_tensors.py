@@ -238,14 +238,23 @@ def test_docstring_example_runs(tmp_path, monkeypatch):
     assert group["raw"].image_ids.tolist() == [139, 285]
 
 
-@pytest.mark.parametrize("column", ["image_id", "caption_id"])
-def test_read_rejects_string_ids(tmp_path, column):
+TEXT_COLUMN_FIXES = {
+    "image_id": "write the COCO ids as int64",
+    "caption_id": "write the COCO ids as int64",
+    "grid_h": "write it as an integer column (int32)",
+    "grid_w": "write it as an integer column (int32)",
+    "frames": "write it as an integer column (int32)",
+}
+
+
+@pytest.mark.parametrize("column", list(TEXT_COLUMN_FIXES))
+def test_read_rejects_text_columns(tmp_path, column):
     table = plain_table(random_tensors(2).astype(np.float32))
     position = table.schema.get_field_index(column)
     table = table.set_column(position, column, table.column(column).cast(pa.string()))
-    path = tmp_path / "ids.parquet"
+    path = tmp_path / "text.parquet"
     pq.write_table(table, path)
-    expected = f"column '{column}' of {path} has type string; write the COCO ids as int64"
+    expected = f"column '{column}' of {path} has type string; {TEXT_COLUMN_FIXES[column]}"
     with pytest.raises(TensorFormatError, match=re.escape(expected)):
         read_tensor_info(path)
 
@@ -263,13 +272,3 @@ def test_read_accepts_numeric_ids(tmp_path, id_type):
     assert group["raw"].caption_ids.tolist() == [10, 20]
 
 
-@pytest.mark.parametrize("column", ["grid_h", "grid_w", "frames"])
-def test_read_rejects_string_shape_column(tmp_path, column):
-    table = plain_table(random_tensors(2).astype(np.float32))
-    position = table.schema.get_field_index(column)
-    table = table.set_column(position, column, table.column(column).cast(pa.string()))
-    path = tmp_path / "shape.parquet"
-    pq.write_table(table, path)
-    expected = f"column '{column}' of {path} has type string; write it as an integer column (int32)"
-    with pytest.raises(TensorFormatError, match=re.escape(expected)):
-        read_tensor_info(path)
