@@ -255,6 +255,17 @@ def _write_speechcoco(split_dir, captions):
         soundfile.write(split_dir / "wav" / f"{stem}.wav", np.zeros(16000, dtype=np.float32), 16000)
 
 
+def _run_on_speechcoco(coco_root, speech_root):
+    """Run the manifest stage of the paper's parameters on these COCO and SPEECH-COCO folders."""
+    params = load_params(
+        [PROJECT / "params.yaml"],
+        {"run": "unit", "data": {"coco_root": str(coco_root), "speech": {"root": str(speech_root)}}},
+    )
+    paths = RunPaths(params)
+    manifest.run(params, paths)
+    return paths
+
+
 @pytest.mark.parametrize("metadata_form", ["json", "sqlite"])
 def test_run_with_speechcoco_reader(tmp_path, monkeypatch, metadata_form):
     # The real SPEECH-COCO reader, on files written in the documented format: per-caption
@@ -269,12 +280,7 @@ def test_run_with_speechcoco_reader(tmp_path, monkeypatch, metadata_form):
             database = _json_to_sqlite(tmp_path / "speech" / split)
             assert database.name == {"train2014": "train_2014.sqlite3", "val2014": "val_2014.sqlite3"}[split]
     monkeypatch.chdir(tmp_path)
-    params = load_params(
-        [PROJECT / "params.yaml"],
-        {"run": "unit", "data": {"coco_root": str(root), "speech": {"root": str(tmp_path / "speech")}}},
-    )
-    paths = RunPaths(params)
-    manifest.run(params, paths)
+    paths = _run_on_speechcoco(root, tmp_path / "speech")
 
     rows = pq.read_table(paths.manifest).to_pandas().set_index("caption_id")
     metadata = read_parquet_metadata(paths.manifest)
@@ -423,12 +429,7 @@ def test_run_missing_image_counts_captions_once(tmp_path, monkeypatch):
     _write_speechcoco(tmp_path / "speech" / "train2014", train_captions)
     _write_speechcoco(tmp_path / "speech" / "val2014", test_captions)
     monkeypatch.chdir(tmp_path)
-    params = load_params(
-        [PROJECT / "params.yaml"],
-        {"run": "unit", "data": {"coco_root": str(root), "speech": {"root": str(tmp_path / "speech")}}},
-    )
-    paths = RunPaths(params)
-    manifest.run(params, paths)
+    paths = _run_on_speechcoco(root, tmp_path / "speech")
 
     skips = read_parquet_metadata(paths.manifest)["skips"]["train2014"]
     assert skips["image_file_missing"] == 1
