@@ -1,6 +1,7 @@
 """The manifest stage: image selection, speech join, splits and the written files."""
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -474,3 +475,19 @@ def test_run_speechcoco_metadata_missing(tmp_path, monkeypatch):
     assert f"the folder {split_dir / 'json'} (one JSON file per caption)" in message
     assert f"the SQLite database {split_dir / 'train_2014.sqlite3'}" in message
     assert "\n" not in message
+
+
+def test_test_caption_draw_not_warned(tmp_path, monkeypatch, caplog):
+    # Leaving out all but one caption per test image is the protocol, not a skip.
+    root = tmp_path / "coco"
+    train_captions = _write_coco(root, "train2014", [1, 2, 3])
+    test_captions = _write_coco(root, "val2014", [8, 9], captions_per_image=3)
+    _write_speechcoco(tmp_path / "speech" / "train2014", train_captions)
+    _write_speechcoco(tmp_path / "speech" / "val2014", test_captions)
+    monkeypatch.chdir(tmp_path)
+    with caplog.at_level(logging.INFO):
+        paths = _run_on_speechcoco(root, tmp_path / "speech")
+    assert read_parquet_metadata(paths.manifest)["skips"]["val2014"]["caption_not_drawn_for_test"] == 4
+    warnings = [record.getMessage() for record in caplog.records if record.levelno >= logging.WARNING]
+    assert not [message for message in warnings if "caption_not_drawn_for_test" in message]
+    assert "manifest val2014: captions left out by design: {'caption_not_drawn_for_test': 4}" in caplog.text
