@@ -6,34 +6,27 @@ The slice lives outside the repository; without it this test skips.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
 from pycocotools.coco import COCO
 
+from conftest import copy_workflow, workflow_environment
+
 RUN_FOLDER = "config/coco-tiny"
-COPIED = ["Snakefile", "params.yaml", "environment.yml", "workflow", "config"]
 VARIANTS = ["cnn0_sisa", "cnn0_misa", "cnn0_sima", "cnnatt_v0", "cnnatt_v1", "cnnatt_v2"]
 
 
 @pytest.fixture(scope="module")
 def coco_run(project_root, coco_tiny, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("coco_tiny")
-    for name in COPIED:
-        source = project_root / name
-        if source.is_dir():
-            shutil.copytree(source, workdir / name)
-        else:
-            shutil.copy2(source, workdir / name)
+    copy_workflow(project_root, workdir)
     # The run configuration names the slice relative to the project; point at it directly.
     (workdir / "location.yaml").write_text(yaml.safe_dump({"data": {"coco_root": str(coco_tiny)}}))
-    environment = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    environment = workflow_environment()
     result = subprocess.run(
         [sys.executable, "-m", "snakemake", "--profile", "workflow/profiles/default", "--cores", "2",
          "--configfile", f"{RUN_FOLDER}/params.yaml", "location.yaml"],

@@ -24,10 +24,11 @@ import pyarrow.parquet as pq
 import pytest
 from pycocotools import mask as mask_utils
 
+from conftest import copy_workflow, workflow_environment
+
 RUN_FOLDER = "config/test"
 RUN = "test-tiny"
 VARIANTS = ["cnn0_sisa", "cnn0_misa", "cnn0_sima", "cnnatt_v0", "cnnatt_v1", "cnnatt_v2"]
-COPIED = ["Snakefile", "params.yaml", "environment.yml", "workflow", "config", ".dvc/config", ".dvcignore"]
 
 
 def _network_blocker() -> list[str]:
@@ -38,25 +39,8 @@ def _network_blocker() -> list[str]:
     return []
 
 
-def _environment() -> dict[str, str]:
-    environment = dict(os.environ)
-    environment["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{environment['PATH']}"
-    return environment
-
-
-def _copy_project(project_root: Path, workdir: Path) -> None:
-    for name in COPIED:
-        source = project_root / name
-        target = workdir / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if source.is_dir():
-            shutil.copytree(source, target)
-        else:
-            shutil.copy2(source, target)
-
-
 def _run_workflow(project_root: Path, workdir: Path, prefix: list[str] | None = None, extra_config: str | None = None):
-    _copy_project(project_root, workdir)
+    copy_workflow(project_root, workdir)
     result = _snakemake(
         workdir, "--profile", "workflow/profiles/default", "--cores", "2", prefix=prefix, extra_config=extra_config
     )
@@ -70,7 +54,7 @@ def _snakemake(workdir: Path, *arguments: str, prefix: list[str] | None = None, 
     return subprocess.run(
         command + list(arguments),
         cwd=workdir,
-        env=_environment(),
+        env=workflow_environment(),
         capture_output=True,
         text=True,
         timeout=1500,
@@ -242,7 +226,7 @@ def test_score_tensors_command_matches_pipeline(tiny_run, tmp_path):
         [sys.executable, "-m", "vgsalign", "score-tensors", str(root / "tensors" / "cnnatt_v0.parquet"),
          "--pairs", str(root / "pairs" / "pairs.parquet"), "--masks", str(root / "pairs" / "masks.parquet"),
          "--out", str(out), "--bootstrap", "20"],
-        env=_environment(), capture_output=True, text=True, timeout=600,
+        env=workflow_environment(), capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     external = json.loads((out / "summary.json").read_text())
@@ -360,7 +344,7 @@ def _start_run(workdir: Path) -> subprocess.Popen:
     command = [sys.executable, "-m", "snakemake", "--configfile", f"{RUN_FOLDER}/params.yaml",
                "--profile", "workflow/profiles/default", "--cores", "2"]  # fmt: skip
     return subprocess.Popen(
-        command, cwd=workdir, env=_environment(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        command, cwd=workdir, env=workflow_environment(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         start_new_session=True,
     )  # fmt: skip
 
@@ -383,7 +367,7 @@ def _wait_for_training(workdir: Path, process: subprocess.Popen, variant: str | 
 def test_killed_run_completes_on_rerun(tiny_run, project_root, tmp_path_factory):
     """kill -9 a training job, then the whole Snakemake process group; reruns finish with the same tables."""
     workdir = tmp_path_factory.mktemp("killed")
-    _copy_project(project_root, workdir)
+    copy_workflow(project_root, workdir)
 
     # A stage killed under a running Snakemake: Snakemake reports the failed job and stops.
     process = _start_run(workdir)
@@ -410,7 +394,7 @@ def test_killed_run_completes_on_rerun(tiny_run, project_root, tmp_path_factory)
 
 
 def _run(command: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    environment = _environment()
+    environment = workflow_environment()
     environment.update(
         GIT_AUTHOR_NAME="test", GIT_AUTHOR_EMAIL="test@example.invalid",
         GIT_COMMITTER_NAME="test", GIT_COMMITTER_EMAIL="test@example.invalid",

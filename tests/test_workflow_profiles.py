@@ -2,33 +2,27 @@
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-COPIED = ["Snakefile", "params.yaml", "workflow", "config", "environment.yml"]
+from conftest import copy_workflow, workflow_environment
+
 
 
 @pytest.fixture(scope="module")
 def workdir(project_root, tmp_path_factory):
     target = tmp_path_factory.mktemp("profiles")
-    for name in COPIED:
-        source = project_root / name
-        if source.is_dir():
-            shutil.copytree(source, target / name)
-        else:
-            shutil.copy2(source, target / name)
+    copy_workflow(project_root, target)
     (target / "gpu.yaml").write_text("train: {device: auto}\nfeatures: {device: auto}\n")
     return target
 
 
 def _snakemake(workdir: Path, *arguments: str) -> subprocess.CompletedProcess:
-    environment = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    environment = workflow_environment()
     return subprocess.run(
         [sys.executable, "-m", "snakemake", *arguments],
         cwd=workdir,
