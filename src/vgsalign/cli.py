@@ -81,8 +81,8 @@ class UniqueChoices(argparse.Action):
     def __call__(self, parser, namespace, values, option_string=None) -> None:
         repeated = sorted({value for value in values if values.count(value) > 1})
         if repeated:
-            given = ", ".join(map(repr, repeated))
-            parser.error(f"argument {option_string}: {given} given twice (list each value once)")
+            listed = ", ".join(map(repr, repeated))
+            parser.error(f"argument {option_string}: {listed} given twice (list each value once)")
         setattr(namespace, self.dest, list(values))
 
 
@@ -239,13 +239,6 @@ def _command_inputs(args: argparse.Namespace) -> tuple[list[str], RunPaths | Non
     return [], None
 
 
-def _parquet_inputs(args: argparse.Namespace) -> list[str]:
-    """Return the inputs of the command in ``args`` that are Parquet files whatever their file name."""
-    if args.command == "score-tensors":
-        return [args.tensors, args.pairs, args.masks]
-    return []
-
-
 def _report_error(args: argparse.Namespace, message: str, details: str = "") -> None:
     """Print ``message`` on stderr and append it, with ``details``, to the command's log file."""
     print(f"vgsalign: error: {message}", file=sys.stderr)
@@ -283,7 +276,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from vgsalign.errors import input_error_message
 
         inputs, paths = _command_inputs(args)
-        message = input_error_message(error, inputs, paths, parquet_inputs=_parquet_inputs(args))
+        # The three inputs of score-tensors are Parquet files whatever their file names.
+        parquet_inputs = inputs if args.command == "score-tensors" else []
+        message = input_error_message(error, inputs, paths, parquet_inputs=parquet_inputs)
         trace = traceback.format_exc()
         if message is None or os.environ.get("VGSALIGN_TRACEBACK"):
             _report_error(args, f"{type(error).__name__}: {error}", trace)

@@ -118,17 +118,11 @@ def load_masks(path: str | os.PathLike, conventions: Sequence[str]) -> pd.DataFr
     return masks.sort_values(["image_id", "category_id"], kind="stable").reset_index(drop=True)
 
 
-def tensor_geometry(tensor_file: str | os.PathLike) -> tuple[TensorFileInfo, Geometry]:
-    """Read a tensor file's description and the geometry of its T.
+def geometry_of(info: TensorFileInfo) -> Geometry:
+    """Return the geometry of the T in a tensor file described by ``info``.
 
     Raises TensorFormatError for a file without rows or a grid finer than the 224 x 224 masks.
     """
-    info = read_tensor_info(tensor_file)
-    return info, geometry_of(info)
-
-
-def geometry_of(info: TensorFileInfo) -> Geometry:
-    """Return the geometry of the T in a tensor file, raising TensorFormatError as :func:`tensor_geometry`."""
     tensor_file = info.path
     if info.num_rows == 0:
         raise TensorFormatError(f"tensor file {tensor_file} contains no tensors. Rerun the export stage.")
@@ -266,11 +260,13 @@ def _scored_tensor_kinds(info: TensorFileInfo) -> list[str]:
     return list(dict.fromkeys(kinds))
 
 
-def _check_tensor_file(info: TensorFileInfo, pairs_convention: str | None, pairs_window: int | None) -> list[str]:
-    """Check a tensor file against the pairs before scoring and return the tensor kinds to read."""
-    geometry_of(info)
+def _check_tensor_file(
+    info: TensorFileInfo, pairs_convention: str | None, pairs_window: int | None
+) -> tuple[Geometry, list[str]]:
+    """Check a tensor file against the pairs before scoring; return its geometry and the tensor kinds to read."""
+    geometry = geometry_of(info)
     _check_frames(info, pairs_convention, pairs_window)
-    return _scored_tensor_kinds(info)
+    return geometry, _scored_tensor_kinds(info)
 
 
 def score_tensor_file(
@@ -295,8 +291,7 @@ def score_tensor_file(
     """
     tensor_file = Path(tensor_file)
     info = info if info is not None else read_tensor_info(tensor_file)
-    geometry = geometry_of(info)
-    kinds = _check_tensor_file(info, pairs_convention, pairs_window)
+    geometry, kinds = _check_tensor_file(info, pairs_convention, pairs_window)
     for output_kind, (present, missing) in _incomplete_kinds(info).items():
         logger.warning(
             "tensor file %s has %s tensors but no %s tensors, and the %s scores need both, so its %s rows "
@@ -440,8 +435,7 @@ def score_external(
     pairs_convention, pairs_window = _pairs_frames(pairs_file)
     info = read_tensor_info(tensor_file)
     # Checked before the mask pixel counts are built, so that a mismatch stops the command early.
-    _check_tensor_file(info, pairs_convention, pairs_window)
-    geometry = geometry_of(info)
+    geometry, _ = _check_tensor_file(info, pairs_convention, pairs_window)
     store = build_mask_store(pairs, masks, geometry, conventions, confusion=True)
     scores, summary, confusion, metadata = score_tensor_file(
         tensor_file,
