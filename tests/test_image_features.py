@@ -107,7 +107,7 @@ def test_vgg_imagenet_offline_message(monkeypatch, tmp_path):
 
 
 def test_vgg_download_times_out(monkeypatch, tmp_path):
-    # A loopback listener that accepts connections and never answers, used as the
+    # A loopback listener that accepts connections and never responds, used as the
     # HTTPS proxy: without a socket timeout the download would wait forever.
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))

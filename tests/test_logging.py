@@ -21,7 +21,7 @@ def test_log_line_is_written_above_an_open_bar(capsys, tmp_path):
             bar.update(2)
         err = capsys.readouterr().err
         # A plain stream handler would append the line to the bar's text on the same
-        # terminal line; written above the bar it stands on a line of its own.
+        # terminal line. Written above the bar, it is on a line of its own.
         assert [part for part in re.split(r"[\r\n]", err) if LINE.match(part)], err
         assert "halfway" in (tmp_path / "stage.log").read_text()
     finally:

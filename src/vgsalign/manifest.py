@@ -250,8 +250,8 @@ def assemble_split(
     counts["caption_image_file_missing"] = int(captions["image_id"].isin(missing_file_ids).sum())
     images = images.loc[exists]
 
-    kept = captions.loc[captions["image_id"].isin(images["image_id"])]
-    joined, join_counts = join_speech(kept, speech, known_caption_ids=known_caption_ids)
+    captions_with_image = captions.loc[captions["image_id"].isin(images["image_id"])]
+    joined, join_counts = join_speech(captions_with_image, speech, known_caption_ids=known_caption_ids)
     counts.update(join_counts)
 
     with_speech = images["image_id"].isin(joined["image_id"])

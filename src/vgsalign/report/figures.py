@@ -234,7 +234,7 @@ def plot_training_curves(history: pd.DataFrame, title: str, best_epoch: float | 
 
     Pooled recall@10 is drawn solid and full-set recall@10 dashed when the history
     has it; when the two are equal (a validation set of one pool) one line is
-    drawn and its label says so. A dotted vertical line marks the selected epoch.
+    drawn and its label states that. A dotted vertical line marks the selected epoch.
     """
     figure = new_figure(DOUBLE_COLUMN, 2.6)
     loss_axes, recall_axes = figure.subplots(1, 2)
